@@ -17,7 +17,9 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     stage_cls = recipe.config.stage.cls
-    reasons = stage_cls.preflight(recipe)
+    reasons = list(stage_cls.preflight(recipe))
+    # plugin-level machine checks (check_environment); skip keys the stage's preflight already reported
+    reasons += [r for r in recipe.environment_problems() if not any(s.startswith(r.split(":", 1)[0] + ":") for s in reasons)]
     if reasons:
         raise LensforgeError(
             f"this machine cannot run {args.recipe}:\n" + "\n".join(f"  - {r}" for r in reasons)

@@ -19,6 +19,8 @@ class CaptionPolicyConfig:
     """Optional mixing ratios over caption fields, e.g. ``{dense: 0.9, short: 0.1}`` (overrides ``field``)."""
     dropout: float = 0.1
     """Probability of replacing the caption by the empty prompt (trains the unconditional branch)."""
+    fallback: list[str] = dataclasses.field(default_factory=lambda: ["dense", "caption", "txt", "text", "short"])
+    """Fields tried in order when a sample lacks the chosen field (none present = sample skipped)."""
 
 
 @dataclass(kw_only=True)
@@ -32,7 +34,13 @@ class ResolutionPolicyConfig:
     multiple_of: int = 16
     """Height and width are rounded to a multiple of this (the VAE token size)."""
     resize: Literal["cover", "contain"] = "cover"
-    """Real images: ``cover`` = resize to cover the target then centre-crop; ``contain`` = pad."""
+    """Real images: ``cover`` = resize to cover the target then centre-crop; ``contain`` = fit and pad."""
+    assign: Literal["nearest", "random"] = "nearest"
+    """Images with a stored size go to the ``nearest`` aspect ratio (or a ``random`` one); synthetic ones are always random."""
+    aspect_weights: list[float] = dataclasses.field(default_factory=list)
+    """Relative frequency of each aspect ratio for random draws (empty = uniform)."""
+    lens_table: bool = True
+    """Use Lens's official sizes for bases 1024 and 1440 (when they are multiples of ``multiple_of``)."""
 
 
 @dataclass(kw_only=True)
@@ -42,9 +50,15 @@ class PackingConfig:
     token_budget: int = 4096
     """Image + text tokens per batch (per device)."""
     text_tokens_estimate: int = 32
-    """Text tokens assumed per sample when sizing a batch (captions are encoded later)."""
+    """Fixed text tokens per sample, used when ``text_tokens_per_word`` is 0 and by planning tools."""
+    text_tokens_per_word: float = 1.3
+    """Text tokens estimated per caption word (0 = use ``text_tokens_estimate``); the exact count is known after encoding."""
+    text_tokens_min: int = 1
+    """Smallest text-token estimate (an empty, CFG-dropped prompt still costs this)."""
     max_samples: int = 64
     """Upper bound on samples per batch."""
+    lookahead: int = 32
+    """Loaded samples the packer may choose from (first-fit, oldest first; larger = fuller batches)."""
 
 
 @dataclass(kw_only=True)
@@ -57,6 +71,10 @@ class LoaderConfig:
     """Batches prefetched per worker."""
     pin_memory: bool = False
     """Pin host memory (useful with CUDA)."""
+    shuffle: bool = True
+    """Shuffle sample order each epoch (deterministic per seed and epoch)."""
+    repeat: bool = True
+    """Iterate epochs forever (step-based training); False = one epoch per ``iter(loader)``."""
 
 
 @dataclass(kw_only=True)

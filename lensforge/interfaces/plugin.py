@@ -48,6 +48,16 @@ class Plugin:
         return []
 
     @classmethod
+    def check_environment(cls, config: Any) -> list[tuple[str, str]]:
+        """Machine-dependent checks (a weights folder that must exist here, …).
+
+        Returns ``(field, message)`` pairs. Run by ``lensforge fit``'s preflight (via
+        :meth:`lensforge.recipe.load.Recipe.environment_problems`), *not* by ``validate``, so a
+        recipe naming folders of another machine (``recipes/lens_3b8.yaml``) still validates here.
+        """
+        return []
+
+    @classmethod
     def from_params(cls, **params: Any):
         """Build from keyword parameters (validated against ``Config``)."""
         from lensforge.recipe.plugin_config import build_config

@@ -55,6 +55,20 @@ class Recipe:
             out[path] = obj
         return out
 
+    def environment_problems(self) -> list[str]:
+        """``key: message`` for every plugin whose ``check_environment`` fails on this machine."""
+        out = []
+        for path, ref in self.plugins().items():
+            check = getattr(getattr(ref, "cls", None), "check_environment", None)
+            if not callable(check):
+                continue
+            try:
+                for key, msg in check(ref.config):
+                    out.append(f"{path}.{key}: {msg}" if key else f"{path}: {msg}")
+            except Exception as e:  # noqa: BLE001 - a broken check must not hide the others
+                out.append(f"{path}: check_environment failed: {type(e).__name__}: {e}")
+        return out
+
 
 def schema_defaults(cls: type) -> dict[str, Any]:
     """Defaults of the core schema's plain (non-plugin) fields, as a base layer for interpolation."""

@@ -1,0 +1,270 @@
+"""Lens's sampler: flow-matching Euler with per-sample shift and norm-rescaled CFG (LENS_SPEC §4).
+
+Every step packs *all* samples — mixed sizes allowed — and their conditional and unconditional
+branches into ONE :class:`~lensforge.interfaces.PackedBatch` (cond samples first, then uncond),
+so one DiT forward serves the whole batch. Each sample follows its own σ schedule computed from
+its own token count (:func:`~lensforge.sampling.schedule.lens_sigmas`), so packing never changes
+a sample's result. The Euler update runs in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from lensforge.errors import LensforgeError
+from lensforge.interfaces import PackedBatch, TextFeatures
+from lensforge.sampling.schedule import lens_sigmas
+
+log = logging.getLogger("lensforge.sampling")
+
+
+def empty_text_like(text: TextFeatures, num_samples: int) -> TextFeatures:
+    """Lens's empty-negative rule: zero-length features (same layer widths) for ``num_samples``."""
+    ref = text.layers
+    return TextFeatures(
+        layers=[t.new_zeros(0, t.shape[-1]) for t in ref],
+        lengths=torch.zeros(num_samples, dtype=torch.long, device=text.lengths.device),
+    )
+
+
+def cfg_rescale(cond: Tensor, uncond: Tensor, guidance_scale: float) -> Tensor:
+    """Norm-rescaled CFG per token: ``comb = u + g(c − u)``, ``v = comb · ‖c‖ / ‖comb‖``.
+
+    Norms are L2 over the channel (last) axis; where ``‖comb‖ = 0`` the scale is 1.
+    """
+    c = cond.float()
+    comb = uncond.float() + guidance_scale * (c - uncond.float())
+    n_comb = comb.norm(dim=-1, keepdim=True)
+    n_cond = c.norm(dim=-1, keepdim=True)
+    scale = torch.where(n_comb > 0, n_cond / n_comb.clamp_min(1e-12), torch.ones_like(n_comb))
+    return comb * scale
+
+
+def _model_dtype_device(dit: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    for p in dit.parameters():
+        return p.dtype, p.device
+    return torch.float32, torch.device("cpu")
+
+
+def _progress(it: Any, enabled: bool, total: int) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc="sampling", leave=False)
+
+
+@torch.no_grad()
+def sample_latents(
+    dit: torch.nn.Module,
+    text: TextFeatures,
+    shapes: list[tuple[int, int]],
+    *,
+    steps: int = 20,
+    guidance_scale: float = 4.0,
+    negative: TextFeatures | None = None,
+    generator: torch.Generator | None = None,
+    noise: list[Tensor] | None = None,
+    progress: bool = False,
+) -> list[Tensor]:
+    """Integrate the flow ODE from noise to latents for a packed batch of samples.
+
+    Args:
+        dit: the denoiser (``PackedBatch`` → ``[N_img, C]`` velocities ``ε − x0``).
+        text: positive text features, one sample per entry of ``shapes``.
+        shapes: token grid ``(h, w)`` of each sample (sizes may differ).
+        steps: Euler steps.
+        guidance_scale: CFG scale; 1.0 skips the unconditional branch.
+        negative: negative text features (one per sample); ``None`` = Lens's empty negative
+            (zero-length features).
+        generator: draws the initial noise (CPU) when ``noise`` is not given.
+        noise: per-sample initial noise, each ``[h*w, C]`` (packed token layout) or ``[C, h, w]``.
+        progress: show a progress bar.
+
+    Returns:
+        Per-sample latents ``[C, h, w]`` (float32).
+    """
+    B = len(shapes)
+    if B == 0:
+        return []
+    if text.num_samples != B:
+        raise LensforgeError(f"sample_latents: {text.num_samples} text samples for {B} shapes")
+    if steps <= 0:
+        raise LensforgeError(f"sample_latents: steps must be positive, got {steps}")
+    dtype, device = _model_dtype_device(dit)
+    channels = _latent_channels(dit, noise)
+    lens = [int(h) * int(w) for h, w in shapes]
+    if noise is None:
+        noise = [torch.randn(L, channels, generator=generator, dtype=torch.float32) for L in lens]
+    x = []
+    for i, n in enumerate(noise):
+        n = n.float()
+        if n.dim() == 3:  # [C, h, w] -> [h*w, C]
+            n = n.flatten(1).T
+        if n.shape != (lens[i], channels):
+            raise LensforgeError(f"sample_latents: noise {i} has shape {tuple(n.shape)}, expected [{lens[i]}, {channels}]")
+        x.append(n)
+    x_tok = torch.cat(x, 0).to(device)
+    schedules = torch.stack([lens_sigmas(steps, L) for L in lens], 1).to(device)  # [steps+1, B]
+    use_cfg = guidance_scale != 1.0
+    text = text.to(device=device, dtype=dtype)
+    if use_cfg:
+        neg = empty_text_like(text, B) if negative is None else negative.to(device=device, dtype=dtype)
+        if neg.num_samples != B:
+            raise LensforgeError(f"sample_latents: {neg.num_samples} negative samples for {B} shapes")
+        both_text = TextFeatures.cat([text, neg])
+        both_shapes = list(shapes) + list(shapes)
+    lengths = torch.as_tensor(lens, device=device)
+    was_training = dit.training
+    dit.eval()
+    try:
+        for i in _progress(range(steps), progress, steps):
+            s, s_next = schedules[i], schedules[i + 1]
+            if use_cfg:
+                pb = PackedBatch(
+                    img_tokens=torch.cat([x_tok, x_tok], 0).to(dtype),
+                    img_shapes=torch.as_tensor(both_shapes, dtype=torch.long),
+                    sigmas=torch.cat([s, s]).to(dtype),
+                    text=both_text,
+                )
+                out = dit(pb)
+                n_tok = x_tok.shape[0]
+                v = cfg_rescale(out[:n_tok], out[n_tok:], guidance_scale)
+            else:
+                pb = PackedBatch(
+                    img_tokens=x_tok.to(dtype),
+                    img_shapes=torch.as_tensor(list(shapes), dtype=torch.long),
+                    sigmas=s.to(dtype),
+                    text=text,
+                )
+                v = dit(pb).float()
+            dt = torch.repeat_interleave(s_next - s, lengths)[:, None]
+            x_tok = x_tok + dt * v
+    finally:
+        dit.train(was_training)
+    out_lat = []
+    for (h, w), t in zip(shapes, torch.split(x_tok, lens, 0)):
+        out_lat.append(t.T.reshape(channels, int(h), int(w)).contiguous())
+    return out_lat
+
+
+def _latent_channels(dit: torch.nn.Module, noise: list[Tensor] | None) -> int:
+    if noise:
+        n = noise[0]
+        return int(n.shape[0] if n.dim() == 3 else n.shape[-1])
+    arch = getattr(dit, "arch", None)
+    for obj, attr in ((arch, "in_channels"), (dit, "in_channels"), (getattr(dit, "config", None), "in_channels")):
+        v = getattr(obj, attr, None) if obj is not None else None
+        if isinstance(v, int):
+            return v
+    spec = type(dit).input_spec(dit.config) if hasattr(type(dit), "input_spec") and hasattr(dit, "config") else None
+    if spec is not None:
+        return int(spec.latent_channels)
+    raise LensforgeError("sample_latents: cannot tell the DiT's latent channels; pass noise=")
+
+
+@torch.no_grad()
+def generate(
+    dit: torch.nn.Module,
+    vae: Any,
+    text_encoder: Any,
+    prompts: list[str],
+    sizes: list[tuple[int, int]],
+    *,
+    steps: int = 20,
+    guidance_scale: float = 4.0,
+    negative_prompt: str = "",
+    seeds: list[int] | None = None,
+    progress: bool = False,
+) -> list[Tensor]:
+    """Prompts → images ``[3, H, W]`` in ``[-1, 1]`` (float32, CPU).
+
+    ``sizes`` are pixel ``(H, W)``, multiples of the VAE's ``downsample_factor``. Each sample's
+    initial noise is drawn in packed token shape ``[(H/f)(W/f), C]`` from a CPU generator seeded
+    by its own seed (default ``0..B−1``), so results do not depend on batching. An empty or
+    whitespace ``negative_prompt`` uses zero-length features (Lens's rule); otherwise it is encoded.
+    """
+    B = len(prompts)
+    if len(sizes) != B:
+        raise LensforgeError(f"generate: {len(sizes)} sizes for {B} prompts")
+    seeds = list(range(B)) if seeds is None else list(seeds)
+    if len(seeds) != B:
+        raise LensforgeError(f"generate: {len(seeds)} seeds for {B} prompts")
+    f = int(vae.downsample_factor)
+    shapes = []
+    for H, W in sizes:
+        if H % f or W % f or H <= 0 or W <= 0:
+            raise LensforgeError(f"generate: size {H}x{W} is not a positive multiple of the VAE's {f}-pixel token")
+        shapes.append((H // f, W // f))
+    C = int(vae.latent_channels)
+    noise = [torch.randn(h * w, C, generator=torch.Generator().manual_seed(int(sd)), dtype=torch.float32)
+             for (h, w), sd in zip(shapes, seeds)]
+    text = text_encoder.encode(list(prompts))
+    negative = None
+    if negative_prompt.strip():
+        negative = text_encoder.encode([negative_prompt] * B)
+    log.info("sampling %d image(s), steps=%d, guidance=%.2f, sizes=%s", B, steps, guidance_scale, sorted(set(sizes)))
+    latents = sample_latents(dit, text, shapes, steps=steps, guidance_scale=guidance_scale,
+                             negative=negative, noise=noise, progress=progress)
+    vae_dtype, vae_device = _model_dtype_device(vae)
+    images = []
+    for lat in latents:
+        img = vae.decode(lat[None].to(device=vae_device, dtype=vae_dtype))[0]
+        images.append(img.float().clamp(-1, 1).cpu())
+    return images
+
+
+def to_pil(image: Tensor):
+    """``[3, H, W]`` in ``[-1, 1]`` → PIL image (rounded to uint8)."""
+    from PIL import Image
+
+    arr = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
+
+
+def make_grid(images: Sequence[Tensor], *, cols: int | None = None, pad: int = 2):
+    """Tile images of possibly different sizes into one PIL image (each cell = the largest size)."""
+    from PIL import Image
+
+    if not images:
+        raise LensforgeError("make_grid: no images")
+    n = len(images)
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    cell_h = max(int(im.shape[1]) for im in images)
+    cell_w = max(int(im.shape[2]) for im in images)
+    grid = Image.new("RGB", (cols * cell_w + (cols + 1) * pad, rows * cell_h + (rows + 1) * pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        pil = to_pil(im)
+        x = pad + c * (cell_w + pad) + (cell_w - pil.width) // 2
+        y = pad + r * (cell_h + pad) + (cell_h - pil.height) // 2
+        grid.paste(pil, (x, y))
+    return grid
+
+
+def save_images(images: Sequence[Tensor], out_dir: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    """Write each image as ``<out_dir>/<name>.png`` (atomically); return the paths."""
+    if len(images) != len(names):
+        raise LensforgeError(f"save_images: {len(images)} images for {len(names)} names")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for im, name in zip(images, names):
+        fname = name if name.endswith(".png") else f"{name}.png"
+        p = out / fname
+        tmp = out / f".{fname}.tmp"
+        to_pil(im).save(tmp, format="PNG")
+        os.replace(tmp, p)
+        paths.append(p)
+    return paths
+
+
+__all__ = ["cfg_rescale", "empty_text_like", "generate", "make_grid", "sample_latents", "save_images", "to_pil"]

@@ -1,0 +1,120 @@
+"""Cheap checks that this machine can run a recipe, done before anything heavy is built.
+
+Each check returns human-readable reasons; :func:`preflight_reasons` collects all of them.
+Checked: CUDA present when the recipe needs it (GPU accelerator, FSDP2, fp16/bf16 *mixed or true*
+precision on GPU-style recipes), enough CUDA devices, local weight folders of the plugins (any
+``path``/``*_path`` field of a plugin ``Config`` that names a local folder), and an estimate of
+training memory per device (DiT weights, gradients, AdamW moments and EMA in fp32, sharded by
+FSDP2) against the device's memory — the DiT is built on the ``meta`` device to count its
+parameters, which allocates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("lensforge.preflight")
+
+#: bytes per DiT parameter while training in fp32 master weights: weights + grads + Adam m, v + EMA
+BYTES_PER_TRAINED_PARAM = 4 * 5
+
+
+def _needs_cuda(tc: Any) -> str | None:
+    if tc.accelerator in ("gpu", "cuda"):
+        return f"trainer.accelerator={tc.accelerator}"
+    if tc.strategy == "fsdp2":
+        return "trainer.strategy=fsdp2 (FSDP2 over NCCL)"
+    if str(tc.precision) in ("16-mixed", "16-true", "16"):
+        return f"trainer.precision={tc.precision}"
+    return None
+
+
+def _path_fields(ref: Any) -> list[tuple[str, str]]:
+    out = []
+    cfg = getattr(ref, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return out
+    for f in dataclasses.fields(cfg):
+        if f.name == "path" or f.name.endswith("_path") or f.name.endswith("_dir"):
+            v = getattr(cfg, f.name)
+            if isinstance(v, str) and v:
+                out.append((f.name, v))
+    return out
+
+
+def _looks_local(v: str) -> bool:
+    return not (":" in v.split("/")[0] and not os.path.isabs(v)) and not v.startswith(("pkg:", "hf:", "http"))
+
+
+def dit_param_count(recipe: Any) -> int | None:
+    """Parameters of the recipe's DiT, counted on the meta device (no memory used)."""
+    try:
+        with torch.device("meta"):
+            dit = recipe.config.model.dit.build()
+        return sum(p.numel() for p in dit.parameters())
+    except Exception as e:  # counting is best effort; the real build reports real errors
+        log.debug("preflight: could not count DiT parameters on meta: %s", e)
+        return None
+
+
+def _device_memory(cuda: bool) -> int | None:
+    if cuda:
+        try:
+            return int(torch.cuda.get_device_properties(0).total_memory)
+        except Exception:
+            return None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def preflight_reasons(recipe: Any) -> list[str]:
+    """Every reason this machine cannot run ``recipe`` (empty list = go)."""
+    cfg = recipe.config
+    tc = cfg.trainer
+    reasons: list[str] = []
+    has_cuda = torch.cuda.is_available()
+    need = _needs_cuda(tc)
+    if need and not has_cuda:
+        reasons.append(f"{need} needs a CUDA GPU, but this machine has none (torch.cuda.is_available() is False)")
+    if has_cuda and tc.accelerator in ("gpu", "cuda", "auto") and isinstance(tc.devices, int):
+        n = torch.cuda.device_count()
+        if tc.devices > n and (need or tc.accelerator != "auto"):
+            reasons.append(f"trainer.devices={tc.devices} but this machine has {n} CUDA device(s)")
+    for slot in ("vae", "text_encoder", "dit"):
+        ref = getattr(cfg.model, slot)
+        for field, v in _path_fields(ref):
+            if _looks_local(v) and not Path(v).expanduser().exists():
+                reasons.append(f"model.{slot}.{field}: weights folder '{v}' does not exist on this machine")
+    if cfg.init_from and _looks_local(cfg.init_from) and not Path(cfg.init_from).expanduser().exists():
+        reasons.append(f"init_from: '{cfg.init_from}' does not exist")
+    if cfg.data.cache_dir and not Path(cfg.data.cache_dir).exists():
+        reasons.append(f"data.cache_dir: '{cfg.data.cache_dir}' does not exist (run `lensforge cache` first)")
+    if not reasons:
+        n_params = dit_param_count(recipe)
+        cuda_run = bool(need) or (has_cuda and tc.accelerator in ("auto", "gpu", "cuda"))
+        mem = _device_memory(cuda_run)
+        if n_params and mem:
+            shards = 1
+            if tc.strategy == "fsdp2" and isinstance(tc.devices, int):
+                shards = max(1, tc.devices * tc.num_nodes)
+            est = n_params * BYTES_PER_TRAINED_PARAM / shards
+            where = "GPU" if cuda_run else "RAM"
+            log.info("preflight: DiT %.3gM params, ~%.2f GiB of training state per device (%s has %.1f GiB)",
+                     n_params / 1e6, est / 2**30, where, mem / 2**30)
+            if est > 0.9 * mem:
+                reasons.append(
+                    f"the DiT ({n_params / 1e9:.2f}B params) needs about {est / 2**30:.0f} GiB per device for weights, "
+                    f"gradients, AdamW and EMA (sharded over {shards}), but the {where} has {mem / 2**30:.0f} GiB"
+                )
+    return reasons
+
+
+__all__ = ["dit_param_count", "preflight_reasons"]

@@ -1,0 +1,112 @@
+"""Synthetic scene world: determinism, any size/aspect, caption lengths and content, eval prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lensforge.data.sources.synthetic import PALETTE, SIZES, SyntheticWorld, eval_prompts, render_scene
+from lensforge.errors import LensforgeError
+
+
+def world(**kw) -> SyntheticWorld:
+    return SyntheticWorld(SyntheticWorld.Config(**kw))
+
+
+def test_same_seed_same_sample_different_seed_differs():
+    a, b, c = world(seed=1), world(seed=1), world(seed=2)
+    sa, sb = a.get(5, (64, 96)), b.get(5, (64, 96))
+    assert torch.equal(sa.image, sb.image) and sa.captions == sb.captions and sa.meta["scene"] == sb.meta["scene"]
+    scenes_a = [a.scene(i) for i in range(20)]
+    assert scenes_a != [c.scene(i) for i in range(20)]
+    assert len({str(s["objects"]) for s in scenes_a}) == 20  # indices give different scenes
+
+
+@pytest.mark.parametrize("size", [(64, 128), (128, 64), (96, 96), (80, 144), (200, 100)])
+def test_renders_any_size_in_range(size):
+    s = world().get(3, size)
+    assert s.image.shape == (3, *size) and s.image.dtype == torch.float32
+    assert s.image.min() >= -1 and s.image.max() <= 1
+    assert s.key and set(s.captions) == {"dense", "short"}
+
+
+def test_scene_graph_contents_and_objects_inside_and_apart():
+    w = world(glyph_prob=0.5)
+    for i in range(200):
+        sc = w.scene(i)
+        assert 1 <= len(sc["objects"]) <= 5
+        assert len(sc["relations"]) == len(sc["objects"]) - 1
+        for o in sc["objects"]:
+            assert o["color"] in PALETTE and o["size"] in SIZES
+            assert 0 < o["x"] < 1 and 0 < o["y"] < 1
+        objs = sc["objects"]
+        for i1 in range(len(objs)):
+            for i2 in range(i1 + 1, len(objs)):
+                a, b = objs[i1], objs[i2]
+                gap = max(abs(a["x"] - b["x"]), abs(a["y"] - b["y"])) - (SIZES[a["size"]] + SIZES[b["size"]]) / 2
+                assert gap > 0.03, (i, a, b)
+
+
+def test_dense_captions_80_to_120_words_name_every_attribute():
+    w = world(glyph_prob=0.3)
+    lengths = []
+    for i in range(300):
+        scene, caps = w.captions(i)
+        dense = caps["dense"]
+        n = len(dense.split())
+        lengths.append(n)
+        assert 80 <= n <= 120, (n, dense)
+        for o in scene["objects"]:
+            assert o["color"] in dense and o["shape"] in dense
+        if scene["text"]:
+            assert f'"{scene["text"]["word"]}"' in dense
+        for c in scene["background"]["colors"]:
+            assert c in dense
+        assert len(caps["short"].split()) < 12
+    assert len(set(lengths)) > 10  # varied phrasing, not one template
+    firsts = {w.captions(i)[1]["dense"].split()[0:3].__str__() for i in range(60)}
+    assert len(firsts) >= 3
+
+
+def test_short_captions_are_vague_and_incomplete():
+    w = world(min_objects=3)
+    incomplete = 0
+    for i in range(100):
+        scene, caps = w.captions(i)
+        named = sum(o["color"] in caps["short"] for o in scene["objects"])
+        incomplete += named < len(scene["objects"])
+    assert incomplete > 90
+
+
+def test_config_vocabularies_are_respected_and_checked():
+    w = world(min_objects=1, max_objects=2, shapes=["circle", "square"], colors=["red", "blue"], backgrounds=["flat"])
+    for i in range(100):
+        sc = w.scene(i)
+        assert len(sc["objects"]) <= 2
+        assert {o["shape"] for o in sc["objects"]} <= {"circle", "square"}
+        assert {o["color"] for o in sc["objects"]} <= {"red", "blue"}
+        assert sc["background"]["kind"] == "flat"
+    with pytest.raises(LensforgeError, match="unknown 'hexagon'"):
+        world(shapes=["hexagon"])
+    problems = SyntheticWorld.check_config(SyntheticWorld.Config(max_objects=7))
+    assert problems and problems[0][0] == "max_objects"
+
+
+def test_flat_background_render_has_exactly_the_object_pixels():
+    w = world(backgrounds=["flat"], max_objects=1, shapes=["square"])
+    sc = w.scene(0)
+    img = render_scene(sc, (100, 100))
+    side = round(SIZES[sc["objects"][0]["size"]] * 100)
+    assert (np.abs(img.astype(int) - PALETTE[sc["objects"][0]["color"]]).sum(-1) == 0).sum() == side * side
+
+
+def test_eval_prompts_carry_scene_specs_and_are_deterministic():
+    a = eval_prompts(5, seed=3)
+    b = SyntheticWorld(SyntheticWorld.Config()).eval_prompts(5, seed=3)
+    assert [p.prompt for p in a] == [p.prompt for p in b]
+    assert all(p.scene["objects"] and 80 <= len(p.prompt.split()) <= 120 for p in a)
+    assert [p.prompt for p in eval_prompts(5, seed=4)] != [p.prompt for p in a]
+    train = {str(world().scene(i)["objects"]) for i in range(50)}
+    assert not any(str(p.scene["objects"]) in train for p in a)
+    assert all(p.short and len(p.short.split()) < 12 for p in eval_prompts(3, caption="short"))
