@@ -1,4 +1,8 @@
-"""``lensforge validate RECIPE [k=v …]``: validate and print the resolved recipe."""
+"""``lensforge validate RECIPE [k=v …]``: validate and print the resolved recipe.
+
+Checks the schema, every plugin node, the cross-component checks and, unless ``--portable``, the
+machine-dependent ones (each plugin's ``check_environment``: weights folders, dataset paths).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,26 @@ from lensforge.commands import add_recipe_arguments
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print only 'ok' instead of the recipe")
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="skip the checks that depend on this machine (weights folders, dataset paths): validate a "
+        "recipe written for another machine",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from lensforge.recipe import load_recipe
 
+    from lensforge.errors import RecipeError
+
     recipe = load_recipe(args.recipe, args.overrides)
+    if not args.portable:
+        issues = recipe.environment_issues()
+        if issues:
+            err = RecipeError(issues)
+            err.args = (str(err) + "\n(for a recipe written for another machine: lensforge validate --portable …)",)
+            raise err
     if args.quiet:
         print(f"ok: {args.recipe}")
     else:

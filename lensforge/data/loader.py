@@ -7,6 +7,11 @@ cover the epoch), loads each sample at the size the resolution policy draws, pic
 the caption policy (both seeded by ``(seed, epoch, index)``), and feeds the token-budget packer; each
 packed batch comes out as a :class:`~lensforge.interfaces.DataBatch`.
 
+Epochs: with ``loader.repeat`` (the default, for step-based training) epochs follow each other
+forever and samples still buffered at the end of an epoch are packed together with the next
+epoch's (every sample still appears exactly once per epoch); without it, one ``iter()`` is one
+epoch and the last batches are flushed, possibly under-filled.
+
 Unreadable samples (:class:`~lensforge.interfaces.SampleError` / ``OSError`` from the source) are
 skipped, counted (``batch.stats["skipped"]``, ``PackedLoader.skipped``) and logged — never fatal.
 
@@ -99,7 +104,7 @@ class PackedStream(IterableDataset):
         self._state = copy.deepcopy(dict(state))
 
     def set_epoch(self, epoch: int) -> None:
-        """Start the next ``iter()`` at ``epoch`` (for ``repeat: false`` loops)."""
+        """Start the next ``iter()`` at ``epoch`` with fresh counters (``repeat: false`` passes)."""
         self._start_epoch = int(epoch)
         self._state = None
 
@@ -220,11 +225,13 @@ class PackedStream(IterableDataset):
                     st["buffer"].append([item.epoch, item.index])
                 if packer.full:
                     yield emit()
-            while packer.buffer:
-                yield emit()
+            if not self.config.loader.repeat:  # last epoch: flush (the final batches may be under-filled)
+                while packer.buffer:
+                    yield emit()
+            # with repeat, buffered samples of this epoch are batched together with the next epoch's
             log.info("data shard %d/%d finished epoch %d (%d batches, %d skipped so far)",
                      shard, num_shards, epoch, st["batches"], st["skipped"])
-            st["epoch"], st["cursor"], st["buffer"] = epoch + 1, 0, []
+            st["epoch"], st["cursor"] = epoch + 1, 0
             if not self.config.loader.repeat:
                 return
             if loaded_this_epoch == 0 and st["batches"] == 0:
@@ -263,23 +270,37 @@ class PackedLoader(StatefulDataLoader):
         self.stream = stream
         self.state_lag = int(state_lag)
         self._skipped_by_shard: dict[int, int] = {}
+        self._skipped_done = 0
         self._history: deque[dict[str, Any]] = deque(maxlen=self.state_lag + 1)
 
     @property
-    def skipped(self) -> int:
+    def skipped_this_pass(self) -> int:
         return int(sum(self._skipped_by_shard.values()))
 
+    @property
+    def skipped(self) -> int:
+        """Unreadable samples skipped so far (all workers, all passes)."""
+        return self._skipped_done + self.skipped_this_pass
+
     def _full_state(self) -> dict[str, Any]:
-        return {"loader": super().state_dict(), "skipped_by_shard": dict(self._skipped_by_shard)}
+        return {"loader": super().state_dict(), "skipped_by_shard": dict(self._skipped_by_shard),
+                "skipped_done": self._skipped_done}
 
     def __iter__(self) -> Iterator[DataBatch]:  # type: ignore[override]
         it = super().__iter__()
         self._history = deque([self._full_state()], maxlen=self.state_lag + 1)
+        last_epoch = -1
         for batch in it:
             self._skipped_by_shard[int(batch.stats["shard"])] = int(batch.stats["skipped"])
+            last_epoch = max(last_epoch, int(batch.stats["epoch"]))
             if self.state_lag:
                 self._history.append(self._full_state())
             yield batch
+        # one finished pass (repeat: false): the next iter() starts the next epoch, in every worker
+        self._skipped_done += self.skipped_this_pass
+        self._skipped_by_shard = {}
+        if last_epoch >= 0:
+            self.stream.set_epoch(last_epoch + 1)
 
     def state_dict(self) -> dict[str, Any]:
         if self.state_lag and self._history:
@@ -291,6 +312,7 @@ class PackedLoader(StatefulDataLoader):
             super().load_state_dict(state_dict)
             return
         self._skipped_by_shard = {int(k): int(v) for k, v in state_dict.get("skipped_by_shard", {}).items()}
+        self._skipped_done = int(state_dict.get("skipped_done", 0))
         self._history = deque(maxlen=self.state_lag + 1)
         super().load_state_dict(state_dict["loader"])
 

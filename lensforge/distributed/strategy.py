@@ -55,7 +55,9 @@ def build_strategy(trainer_cfg: Any) -> Any:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         log.info("strategy: fsdp2 via ModelParallelStrategy (data parallel over %s ranks, sharded checkpoints)", n)
-        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=True)
+        # "auto" would mean one data-parallel group per node; FSDP2 here shards over every rank
+        return ModelParallelStrategy(data_parallel_size=n if n is not None else "auto", tensor_parallel_size=1,
+                                     save_distributed_checkpoint=True)
     raise LensforgeError(f"unknown trainer.strategy '{name}' (auto, single, ddp, fsdp2)")
 
 

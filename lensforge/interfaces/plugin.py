@@ -51,9 +51,10 @@ class Plugin:
     def check_environment(cls, config: Any) -> list[tuple[str, str]]:
         """Machine-dependent checks (a weights folder that must exist here, …).
 
-        Returns ``(field, message)`` pairs. Run by ``lensforge fit``'s preflight (via
-        :meth:`lensforge.recipe.load.Recipe.environment_problems`), *not* by ``validate``, so a
-        recipe naming folders of another machine (``recipes/lens_3b8.yaml``) still validates here.
+        Returns ``(field, message)`` pairs. Run by ``lensforge fit``'s preflight and by
+        ``lensforge validate`` (via :meth:`lensforge.recipe.load.Recipe.environment_issues`), but
+        not by :func:`~lensforge.recipe.load_recipe` itself nor ``validate --portable``, so a recipe
+        naming folders of another machine (``recipes/lens_3b8.yaml``) still loads and validates.
         """
         return []
 

@@ -41,6 +41,7 @@ class Recipe:
     path: str
     files: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    _origin: Any = field(default=None, repr=False)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(config_to_dict(self.config), sort_keys=False, default_flow_style=None, width=100)
@@ -55,19 +56,27 @@ class Recipe:
             out[path] = obj
         return out
 
-    def environment_problems(self) -> list[str]:
-        """``key: message`` for every plugin whose ``check_environment`` fails on this machine."""
+    def environment_issues(self) -> list[Problem]:
+        """Every plugin's ``check_environment`` failure on this machine (missing folders …)."""
         out = []
         for path, ref in self.plugins().items():
             check = getattr(getattr(ref, "cls", None), "check_environment", None)
             if not callable(check):
                 continue
             try:
-                for key, msg in check(ref.config):
-                    out.append(f"{path}.{key}: {msg}" if key else f"{path}: {msg}")
+                found = [(f"{path}.{key}" if key else path, msg) for key, msg in check(ref.config)]
             except Exception as e:  # noqa: BLE001 - a broken check must not hide the others
-                out.append(f"{path}: check_environment failed: {type(e).__name__}: {e}")
+                found = [(path, f"check_environment failed: {type(e).__name__}: {e}")]
+            out.extend(Problem(key, msg, self.origin_of(key)) for key, msg in found)
         return out
+
+    def environment_problems(self) -> list[str]:
+        """``key: message`` for every plugin whose ``check_environment`` fails on this machine."""
+        return [f"{p.key}: {p.message}" for p in self.environment_issues()]
+
+    def origin_of(self, key: str) -> str | None:
+        """The recipe file (or ``<command line>``) that set ``key``."""
+        return self._origin(key) if self._origin is not None else self.path
 
 
 def schema_defaults(cls: type) -> dict[str, Any]:
@@ -145,4 +154,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             problems.append(Problem(key, msg, loaded.origin_of(key)))
     if problems or config is None:
         raise RecipeError(problems or [Problem("", "recipe is empty", str(path))])
-    return Recipe(config=config, data=data, path=str(path), files=loaded.files, overrides=list(overrides or []))
+    return Recipe(config=config, data=data, path=str(path), files=loaded.files, overrides=list(overrides or []),
+                  _origin=loaded.origin_of)

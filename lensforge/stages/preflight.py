@@ -1,8 +1,8 @@
 """Cheap checks that this machine can run a recipe, done before anything heavy is built.
 
 Each check returns human-readable reasons; :func:`preflight_reasons` collects all of them.
-Checked: CUDA present when the recipe needs it (GPU accelerator, FSDP2, fp16/bf16 *mixed or true*
-precision on GPU-style recipes), enough CUDA devices, local weight folders of the plugins (any
+Checked: CUDA present when the recipe needs it (GPU accelerator, FSDP2 unless explicitly on CPU,
+fp16 precision), enough CUDA devices, local weight folders of the plugins (any
 ``path``/``*_path`` field of a plugin ``Config`` that names a local folder), and an estimate of
 training memory per device (DiT weights, gradients, AdamW moments and EMA in fp32, sharded by
 FSDP2) against the device's memory — the DiT is built on the ``meta`` device to count its
@@ -28,8 +28,8 @@ BYTES_PER_TRAINED_PARAM = 4 * 5
 def _needs_cuda(tc: Any) -> str | None:
     if tc.accelerator in ("gpu", "cuda"):
         return f"trainer.accelerator={tc.accelerator}"
-    if tc.strategy == "fsdp2":
-        return "trainer.strategy=fsdp2 (FSDP2 over NCCL)"
+    if tc.strategy == "fsdp2" and tc.accelerator != "cpu":
+        return "trainer.strategy=fsdp2 (FSDP2 over NCCL; set trainer.accelerator=cpu for a gloo test run)"
     if str(tc.precision) in ("16-mixed", "16-true", "16"):
         return f"trainer.precision={tc.precision}"
     return None

@@ -100,7 +100,7 @@ class PretrainStage(Stage):
         vae_sample_posterior: bool = False
         """Encode images with a posterior sample instead of the mode (VAEs that have one)."""
         save_frozen: Literal["auto", "always", "never"] = "auto"
-        """Store the frozen VAE/text-encoder weights in checkpoints (``auto``: when ≤ ``frozen_save_max_params``)."""
+        """Store the frozen VAE/text-encoder weights in checkpoints (``auto``: each one ≤ ``frozen_save_max_params``)."""
         frozen_save_max_params: int = 10_000_000
         """Size limit for ``save_frozen: auto``."""
         memo_features: int = 0
@@ -138,9 +138,15 @@ class PretrainStage(Stage):
         self.recipe = recipe
         self.recipe_dict = dict(recipe.data) if recipe is not None else {}
         self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
         self.feature_cache = feature_cache
+        self._saved_frozen = {"vae": self._decide_save_frozen(vae), "text_encoder": self._decide_save_frozen(text_encoder)}
+        for name, m in (("vae", vae), ("text_encoder", text_encoder)):
+            if self._saved_frozen[name]:  # a registered child: saved in checkpoints, moved by Lightning
+                setattr(self, name, m)
+            else:
+                # Not registered as a child: no state-dict entries (a 20B GPT-OSS is never copied
+                # into checkpoints, sharded ones included); ``setup`` moves it to the device.
+                object.__setattr__(self, name, m)
         for m in (self.vae, self.text_encoder):
             if m is not None:
                 m.requires_grad_(False)
@@ -157,19 +163,23 @@ class PretrainStage(Stage):
         self._t_last = None
         self._text_memo: OrderedDict[str, list[Tensor]] = OrderedDict()
         self._latent_memo: OrderedDict[tuple[str, int, int], Tensor] = OrderedDict()
-        self._save_frozen = self._decide_save_frozen()
-        self.strict_loading = self._save_frozen
 
-    def _decide_save_frozen(self) -> bool:
+    def _decide_save_frozen(self, module: Any) -> bool:
         mode = self.config.save_frozen
+        if module is None:
+            return False
         if mode != "auto":
             return mode == "always"
-        n = _num_params(self.vae) + _num_params(self.text_encoder)
-        return n <= self.config.frozen_save_max_params
+        return _num_params(module) <= self.config.frozen_save_max_params
 
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            dev = self.trainer.strategy.root_device
+            for name, m in (("vae", self.vae), ("text_encoder", self.text_encoder)):
+                if m is not None and not self._saved_frozen[name]:
+                    m.to(dev)
         rank = self.global_rank
         # one noise stream per rank: the same seed on every rank would correlate the noise
         self._gen.manual_seed(self.seed * 1_000_003 + 7919 * rank + 1)
@@ -374,10 +384,6 @@ class PretrainStage(Stage):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        sd = checkpoint.get("state_dict")
-        if sd is not None and not self._save_frozen:
-            for k in [k for k in sd if k.startswith(("vae.", "text_encoder."))]:
-                del sd[k]
         checkpoint["hyper_parameters"] = {"recipe": self.recipe_dict, "stage": dataclasses.asdict(self.config)}
         states = self._gen.get_state()
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -388,12 +394,29 @@ class PretrainStage(Stage):
         checkpoint["lensforge"] = {
             "version": CKPT_VERSION,
             "generator_states": states,
-            "frozen_saved": self._save_frozen,
+            "frozen_saved": dict(self._saved_frozen),
             "global_step": int(self.global_step),
         }
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning stores rank 0's data-loader state only; every rank's position is kept here
+            dl = self.trainer.train_dataloader
+            own = dl.state_dict() if hasattr(dl, "state_dict") else None
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, own)
+            checkpoint["lensforge"]["loader_states"] = gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("lensforge", {})
+        loader_states = meta.get("loader_states")
+        fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        if loader_states is not None and self._trainer is not None and fit_state.get("combined_loader"):
+            rank, ws = self.global_rank, self.trainer.world_size
+            if len(loader_states) == ws and loader_states[rank] is not None:
+                fit_state["combined_loader"] = [loader_states[rank]]
+                log.info("resume: data position of rank %d restored", rank)
+            else:
+                log.warning("resume: checkpoint has data positions of %d ranks for %d; the loader decides",
+                            len(loader_states), ws)
         states = meta.get("generator_states")
         if states is not None:
             self._gen_states_to_load = states

@@ -154,9 +154,9 @@ def run_pretrain(stage_cls: type, recipe: Any) -> dict[str, Any]:
         log.info("feature cache: %s", cfg.data.cache_dir)
     module = stage_cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=text_encoder, feature_cache=cache)
     n_train = sum(p.numel() for p in dit.parameters())
-    log.info("models: dit=%s (%.2fM params, trained), vae=%s, text_encoder=%s (frozen%s)", cfg.model.dit.name,
-             n_train / 1e6, cfg.model.vae.name, cfg.model.text_encoder.name,
-             ", saved in checkpoints" if module._save_frozen else ", not saved in checkpoints")
+    log.info("models: dit=%s (%.2fM params, trained), vae=%s, text_encoder=%s (frozen; stored in checkpoints: %s)",
+             cfg.model.dit.name, n_train / 1e6, cfg.model.vae.name, cfg.model.text_encoder.name,
+             ", ".join(k for k, v in module._saved_frozen.items() if v) or "neither")
     dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
 
     tracker = None

@@ -3,7 +3,6 @@ sharding without duplicates or gaps, corrupt samples skipped and counted, the da
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -195,3 +194,28 @@ def test_lightning_checkpoint_resumes_the_data_exactly(tmp_path):
     head = fit(4, every=3)[:3]
     tail = fit(7, ckpt=str(tmp_path / "step=3.ckpt"))
     assert head + tail == full
+
+
+def test_repeating_epochs_cover_every_sample_once_per_epoch():
+    loader = build_loader(tiny_cfg(n=25), downsample=16, seed=4)
+    seen: dict[int, list[int]] = {}
+    for b in loader:
+        for m in b.meta:
+            seen.setdefault(m["epoch"], []).append(m["index"])
+        if len(seen) >= 4:  # a sample buffered at the end of epoch e is batched long before epoch e+2 ends
+            break
+    for e in (0, 1):
+        assert sorted(seen[e]) == list(range(25))
+    assert seen[0] != seen[1]  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_one_epoch_per_pass_without_repeat(corrupt_shards, num_workers):
+    path, n_bad = corrupt_shards
+    loader = build_loader(tiny_cfg(num_workers=num_workers, repeat=False, source={"name": "webdataset", "path": path}),
+                          downsample=16, seed=0)
+    passes = [[(m["epoch"], b.keys[i]) for b in loader for i, m in enumerate(b.meta)] for _ in range(2)]
+    assert {e for e, _ in passes[0]} == {0} and {e for e, _ in passes[1]} == {1}
+    assert sorted(k for _, k in passes[0]) == sorted(k for _, k in passes[1])  # same samples ...
+    assert [k for _, k in passes[0]] != [k for _, k in passes[1]]  # ... reshuffled
+    assert loader.skipped == 2 * n_bad

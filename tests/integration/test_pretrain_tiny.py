@@ -34,7 +34,7 @@ def test_checkpoints_atomic_keep_last(smoke_run):
     assert any(k.startswith("dit.") for k in sd) and any(k.startswith("ema_dit.") for k in sd)
     assert not any(k.startswith("text_encoder.") for k in sd), "the 22M-parameter MiniLM is not stored"
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["lensforge"]["generator_states"].shape[0] == 1
-    assert "combined_loader" in ckpt["loops"]["fit_loop"], "the data position is saved"
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"], "the data position is saved"
     # EMA differs from the raw weights after a few steps
     k = next(k for k in sd if k.startswith("dit.") and sd[k].dtype.is_floating_point and sd[k].abs().sum() > 0)
     assert not torch.equal(sd[k], sd["ema_" + k])
@@ -92,3 +92,13 @@ def test_preflight_refuses_gpu_recipe_on_cpu(capsys, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and "needs a CUDA GPU" in err
     assert not (tmp_path / "x").exists(), "nothing is built or written before the preflight passes"
+
+
+def test_lens_3b8_refused_on_this_machine(capsys, tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setenv("LENS_RUNS", str(tmp_path))
+    rc = main(["fit", str(REPO / "recipes" / "lens_3b8.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot run" in err and "needs a CUDA GPU" in err
+    assert not (tmp_path / "lens_3b8").exists()

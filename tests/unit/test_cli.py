@@ -108,3 +108,14 @@ def test_real_process_exit_code_and_debug_traceback(recipes, env_with_fakes):
     assert "optim.lr: expected float" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env_with_fakes, timeout=120)
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_validate_reports_missing_dataset_path_unless_portable(tmp_path, fakes, capsys):
+    p = tmp_path / "r.yaml"
+    p.write_text(BASE.replace("data: {source: {name: fake_source}}", f"data: {{source: {{name: folder, path: {tmp_path / 'nope'}}}}}"))
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "r.yaml -> data.source.path:" in err and "nope" in err and "Traceback" not in err
+    assert main(["validate", "--portable", "-q", str(p)]) == 0
+    assert main(["fit", str(p)]) == 2
+    assert "this machine cannot run" in capsys.readouterr().err

@@ -121,3 +121,18 @@ def test_missing_dataset_path_is_reported_before_training(tmp_path, fakes):
 
     recipe = load_recipe(p)  # validates: the path may exist on the training machine only
     assert recipe.environment_problems() == [f"data.source.path: no .tar shards found at '{tmp_path}/missing'"]
+
+
+def test_shard_index_sidecar_is_reused_and_refreshed(tmp_path):
+    folder = ImageFolderSource(ImageFolderSource.Config(path=str(make_folder(tmp_path / "f", n=6, corrupt=()))))
+    build_shards(folder, tmp_path / "sh", samples_per_shard=10, progress=False)
+    tar = tmp_path / "sh" / "shard-000000.tar"
+    a = WebDatasetSource(WebDatasetSource.Config(path=str(tar)))
+    side = Path(str(tar) + ".idx.json")
+    assert side.is_file()
+    b = WebDatasetSource(WebDatasetSource.Config(path=str(tar)))
+    assert a.records == b.records and len(b) == 6
+    assert np.array_equal(a.get(2, (16, 16)).image.numpy(), b.get(2, (16, 16)).image.numpy())
+    build_shards(ImageFolderSource(ImageFolderSource.Config(path=str(make_folder(tmp_path / "g", n=4, corrupt=())))),
+                 tmp_path / "sh", samples_per_shard=10, progress=False)  # overwrite the shard
+    assert len(WebDatasetSource(WebDatasetSource.Config(path=str(tar)))) == 4

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lensforge.data.sources.synthetic import PALETTE, SIZES, SyntheticWorld, eval_prompts, render_scene
+from lensforge.data.sources.synthetic import (
+    _INVERSE, NUMBER_WORDS, PALETTE, SIZE_WORDS, SIZES, SyntheticWorld, eval_prompts, group_counts, region_name,
+    render_scene,
+)
 from lensforge.errors import LensforgeError
 
 
@@ -59,6 +62,13 @@ def test_dense_captions_80_to_120_words_name_every_attribute():
         assert 80 <= n <= 120, (n, dense)
         for o in scene["objects"]:
             assert o["color"] in dense and o["shape"] in dense
+            assert region_name(tuple(o["cell"])) in dense
+            assert any(wd in dense for wd in SIZE_WORDS[o["size"]])
+        for r in scene["relations"]:
+            assert any(wd in dense for wd in (r["relation"], _INVERSE[r["relation"]]))
+        for kind, n in group_counts(scene).items():
+            if n > 1:
+                assert NUMBER_WORDS[n] in dense
         if scene["text"]:
             assert f'"{scene["text"]["word"]}"' in dense
         for c in scene["background"]["colors"]:

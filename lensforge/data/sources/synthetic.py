@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from PIL import Image, ImageDraw, ImageFont
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import DataSource, Sample
 from lensforge.registry import register
+
+if TYPE_CHECKING:
+    from lensforge.data.sources.common import RawRecord
 
 log = logging.getLogger("lensforge.data")
 
@@ -558,7 +561,7 @@ class SyntheticWorld(DataSource):
         return Sample(image=to_tensor(img), captions=caps, key=f"synthetic/{self.config.seed}/{index:08d}",
                       meta={"source": "synthetic", "index": int(index), "scene": scene, "size": (H, W)})
 
-    def raw(self, index: int, size: tuple[int, int] | None = None) -> "RawRecord":
+    def raw(self, index: int, size: tuple[int, int] | None = None) -> RawRecord:
         """Sample ``index`` as a PNG (default 256×256) with its captions (for ``build-shards``)."""
         import io
 

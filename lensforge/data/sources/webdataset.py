@@ -11,6 +11,7 @@ member, so ``get(i)`` is one ``pread`` per member and the source shards by index
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import tarfile
@@ -57,6 +58,8 @@ class WebDatasetSource(DataSource):
         """Fields of the .json member read as captions; a .txt member becomes the ``caption`` field."""
         resize: str = "cover"
         """How a stored image is fitted to the drawn size: ``cover`` (crop) or ``contain`` (pad)."""
+        index_cache: bool = True
+        """Keep each shard's member index in a ``<shard>.idx.json`` sidecar (rebuilt when the shard changes)."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -67,30 +70,10 @@ class WebDatasetSource(DataSource):
         self.records: list[dict[str, Any]] = []
         no_image = 0
         for si, path in enumerate(self.shards):
-            groups: dict[str, dict[str, Any]] = {}
-            order: list[str] = []
-            try:
-                with tarfile.open(path, "r:") as tf:
-                    for m in tf:
-                        if not m.isfile():
-                            continue
-                        key, ext = split_key(m.name)
-                        if key not in groups:
-                            groups[key] = {"shard": si, "key": key}
-                            order.append(key)
-                        g = groups[key]
-                        loc = (m.offset_data, m.size)
-                        if ext in exts:
-                            g["image"], g["ext"] = loc, ext
-                        elif ext == "json":
-                            g["json"] = loc
-                        elif ext == "txt":
-                            g["txt"] = loc
-            except (tarfile.TarError, OSError) as e:
-                raise LensforgeError(f"cannot read shard '{path}': {e}") from None
-            for key in order:
-                if "image" in groups[key]:
-                    self.records.append(groups[key])
+            groups = self._shard_index(path, exts)
+            for key, g in groups.items():
+                if "image" in g:
+                    self.records.append({"shard": si, "key": key, **g})
                 else:
                     no_image += 1
         if no_image:
@@ -100,6 +83,45 @@ class WebDatasetSource(DataSource):
         log.info("webdataset source %s: %d samples in %d shards", config.path, len(self.records), len(self.shards))
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+
+    def _shard_index(self, path: str, exts: set[str]) -> dict[str, dict[str, Any]]:
+        """``key -> {image: (offset, size), ext, json?, txt?}`` for one shard, in member order."""
+        st = os.stat(path)
+        stamp = [st.st_size, int(st.st_mtime_ns), sorted(exts)]
+        side = path + ".idx.json"
+        if self.config.index_cache and os.path.isfile(side):
+            try:
+                with open(side, encoding="utf-8") as f:
+                    cached = json.load(f)
+                if cached.get("stamp") == stamp:
+                    return {k: {m: (tuple(v) if isinstance(v, list) else v) for m, v in g.items()}
+                            for k, g in cached["groups"].items()}
+            except (OSError, ValueError, KeyError, AttributeError):
+                log.info("webdataset: ignoring unreadable index %s", side)
+        groups: dict[str, dict[str, Any]] = {}
+        try:
+            with tarfile.open(path, "r:") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    key, ext = split_key(m.name)
+                    g = groups.setdefault(key, {})
+                    loc = (m.offset_data, m.size)
+                    if ext in exts:
+                        g["image"], g["ext"] = loc, ext
+                    elif ext in ("json", "txt"):
+                        g[ext] = loc
+        except (tarfile.TarError, OSError) as e:
+            raise LensforgeError(f"cannot read shard '{path}': {e}") from None
+        if self.config.index_cache:
+            try:
+                tmp = f"{side}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump({"stamp": stamp, "groups": groups}, f)
+                os.replace(tmp, side)
+            except OSError as e:  # read-only dataset folder: index again next time
+                log.info("webdataset: cannot write index %s (%s)", side, e)
+        return groups
 
     @classmethod
     def check_environment(cls, config: Any) -> list[tuple[str, str]]:

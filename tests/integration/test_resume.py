@@ -1,0 +1,66 @@
+"""``kill -9`` mid-run, re-run the same command: it resumes, and the final weights equal an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "recipes" / "tiny" / "smoke.yaml")
+STEPS = 10
+
+
+def _cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "lensforge.cli", "fit", SMOKE, f"output_dir={out}", f"trainer.max_steps={STEPS}",
+            "trainer.deterministic=true", "checkpoint.every_n_steps=2", "checkpoint.keep_last=2",
+            "sampling.num_prompts=1"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return env
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(out / "checkpoints" / f"step-{STEPS:07d}.ckpt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("dit.", "ema_dit."))}
+
+
+def test_kill9_then_rerun_resumes_exactly(tmp_path):
+    ref = tmp_path / "uninterrupted"
+    subprocess.run(_cmd(ref), env=_env(), check=True, capture_output=True, timeout=600)
+
+    run = tmp_path / "crashed"
+    first_ckpt = run / "checkpoints" / "step-0000002.ckpt"
+    proc = subprocess.Popen(_cmd(run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not first_ckpt.exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "checkpoints" / f"step-{STEPS:07d}.ckpt").exists(), "killed before the end"
+    run_id = (run / "mlflow_run_id").read_text().strip()
+
+    res = subprocess.run(_cmd(run), env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stderr
+    assert (run / "mlflow_run_id").read_text().strip() == run_id, "the resumed run continues the same MLflow run"
+
+    a, b = _weights(ref), _weights(run)
+    assert a.keys() == b.keys() and any(k.startswith("ema_dit.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
