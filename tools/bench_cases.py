@@ -170,7 +170,16 @@ def bench_packing(repeats: int, quick: bool) -> Result:
     return res
 
 
+def bench_h100(repeats: int, quick: bool) -> Result:
+    """1024² latency at 20/4 steps, training MFU and xformers vs SDPA on an H100 (prints what it cannot run)."""
+    import bench_h100
+
+    # --quick on a machine without CUDA runs the same code path at toy sizes (a script check)
+    return bench_h100.run(repeats=repeats, quick=quick, dry_run_cpu=quick and not torch.cuda.is_available())
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., Result], str, bool]] = {
     "packing": (bench_packing, "training step: packed vs padded vs one bucket per batch", True),
     "attention": (bench_attention, "attention backends on CPU at several packed shapes", True),
+    "h100": (bench_h100, "H100: 1024² latency (20/4 steps), training MFU, xformers vs SDPA", False),
 }

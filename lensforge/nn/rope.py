@@ -20,13 +20,17 @@ from torch import Tensor
 
 
 def axis_frequencies(dim: int, theta: float) -> Tensor:
-    """``[dim/2]`` fp32 inverse frequencies ``1 / theta^(2j/dim)`` (the official formula)."""
-    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float32).div(dim))
+    """``[dim/2]`` fp32 inverse frequencies ``1 / theta^(2j/dim)`` (the official formula).
+
+    Always computed on the CPU (also inside ``with torch.device("meta")``, so a model built on the
+    meta device and materialised with ``to_empty`` still has real tables).
+    """
+    return 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float32, device="cpu").div(dim))
 
 
 def centred_positions(n: int) -> Tensor:
     """``−(n − n//2) … n//2 − 1`` (int64): the centred grid positions of ``scale_rope``."""
-    return torch.arange(n, dtype=torch.long) - (n - n // 2)
+    return torch.arange(n, dtype=torch.long, device="cpu") - (n - n // 2)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -81,7 +85,7 @@ class MultiAxisRope:
         xs = centred_positions(w)
         pos = torch.stack(
             [
-                torch.zeros(h * w, dtype=torch.long),
+                torch.zeros(h * w, dtype=torch.long, device="cpu"),
                 ys[:, None].expand(h, w).reshape(-1),
                 xs[None, :].expand(h, w).reshape(-1),
             ],
