@@ -170,6 +170,219 @@ def bench_packing(repeats: int, quick: bool) -> Result:
     return res
 
 
+SMOKE_RECIPE = "recipes/tiny/pretrain.yaml"
+
+
+def bench_framework(repeats: int, quick: bool) -> Result:
+    """``lensforge fit`` steps vs a hand-written loop with the same model, batches and optimizer."""
+    import statistics
+    import tempfile
+    import time
+
+    import lightning as L
+
+    from lensforge.recipe import load_recipe
+    from lensforge.stages import pretrain as pretrain_mod
+    from lensforge.stages.ema import ema_decay_at, ema_update_
+    from lensforge.stages.runner import build_datamodule, build_dit
+
+    steps = 30 if quick else 80
+    skip = 10  # warm-up steps excluded from both medians (memo fills, allocator warm-up)
+    out = tempfile.mkdtemp(prefix="lf_bench_fw_")
+    overrides = [f"output_dir={out}/fit", f"trainer.max_steps={steps}", "trainer.progress_bar=false",
+                 "sampling.every_n_steps=0", "sampling.num_prompts=0", f"checkpoint.every_n_steps={10 * steps}",
+                 "resume=never"]
+    recipe = load_recipe(SMOKE_RECIPE, overrides)
+
+    # 1) lensforge fit, in-process, timing each training_step call (includes data, Lightning, logging, EMA)
+    stamps: list[float] = []
+    orig = pretrain_mod.PretrainStage.training_step
+
+    def timed_step(self, batch, batch_idx):
+        stamps.append(time.perf_counter())
+        return orig(self, batch, batch_idx)
+
+    pretrain_mod.PretrainStage.training_step = timed_step
+    try:
+        recipe.config.stage.cls.run(recipe)
+    finally:
+        pretrain_mod.PretrainStage.training_step = orig
+    fit_dt = [b - a for a, b in zip(stamps[skip:], stamps[skip + 1:])]
+
+    # 2) the minimal loop: same recipe, model init, data order, encoders, loss, AdamW, clipping, EMA
+    cfg = recipe.config
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dit = build_dit(cfg)
+    vae, te = cfg.model.vae.build(), cfg.model.text_encoder.build()
+    stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=te)
+    params = [p for p in dit.parameters() if p.requires_grad]
+    oc = cfg.optim
+    opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+    dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    loop_dt = []
+    t_prev = None
+    for i in range(steps):
+        t = time.perf_counter()
+        if t_prev is not None and i > skip:
+            loop_dt.append(t - t_prev)
+        t_prev = t
+        batch = next(loader)
+        latents, text = stage.encode_batch(batch)
+        loss, _ = stage.flow_matching_loss(latents, text)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.trainer.gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
+        opt.step()
+        if stage.ema_dit is not None:
+            ema_update_(stage.ema_dit, dit, ema_decay_at(i, stage.config.ema_decay, stage.config.ema_warmup))
+    fit_med, loop_med = statistics.median(fit_dt), statistics.median(loop_dt)
+    res = Result(
+        title="Framework overhead: `lensforge fit` step vs a hand-written PyTorch loop (same model, batches, optimizer)",
+        target="lensforge ≤ 1.10× the minimal loop's step time",
+    )
+    res.rows.append(Row("median step time", fit_med * 1e3, "ms", loop_med * 1e3,
+                        note=f"overhead ×{fit_med / loop_med:.3f} (ratio column = loop/lensforge)"))
+    res.notes.append(
+        f"{SMOKE_RECIPE}, {steps} steps, first {skip} excluded; both include data loading, frozen-encoder "
+        "memo, flow-matching loss, backward, clipping, AdamW and EMA; lensforge adds Lightning, MLflow "
+        "logging and its callbacks"
+    )
+    return res
+
+
+def bench_sampler(repeats: int, quick: bool) -> Result:
+    """lensforge's sampler vs a minimal Euler loop on the same model; 4 vs 20 vs 50 steps."""
+    from lensforge import registry
+    from lensforge.interfaces import PackedBatch, TextFeatures
+    from lensforge.sampling.sampler import cfg_rescale, sample_latents
+    from lensforge.sampling.schedule import lens_sigmas
+
+    torch.manual_seed(0)
+    cls = registry.get("dit", "lens_mmdit")
+    dit = cls(cls.Config(flavor="tiny", num_layers=4, in_channels=48, out_channels=48, text_dims=(384, 384),
+                         attention="sdpa_loop", zero_init=False)).eval()
+    n_img, h, w, C = 4, 8, 8, 48
+    text = TextFeatures(layers=[torch.randn(4 * 30, 384) for _ in range(2)], lengths=[30] * n_img)
+    noise = [torch.randn(h * w, C) for _ in range(n_img)]
+    g = 4.0
+
+    @torch.no_grad()
+    def minimal(steps: int):
+        sig = lens_sigmas(steps, h * w).float()
+        x = torch.cat(noise)
+        empty = TextFeatures(layers=[t[:0] for t in text.layers], lengths=[0] * n_img)
+        both = TextFeatures.cat([text, empty])
+        shapes = [(h, w)] * (2 * n_img)
+        for i in range(steps):
+            pb = PackedBatch(img_tokens=torch.cat([x, x]), img_shapes=shapes,
+                             sigmas=sig[i].expand(2 * n_img), text=both)
+            v = dit(pb)
+            cond, uncond = v.chunk(2)
+            v = cfg_rescale(cond, uncond, g)
+            x = x + (sig[i + 1] - sig[i]) * v
+        return x
+
+    res = Result(title="Sampling: lensforge sampler vs a minimal Euler loop (same model, 4 images 128², CFG 4)",
+                 target="lensforge ≤ 1.05× the minimal loop")
+    for steps in ((4, 20) if quick else (4, 20, 50)):
+        t = paired_median_times({
+            "lensforge": lambda: sample_latents(dit, text, [(h, w)] * n_img, steps=steps, guidance_scale=g,
+                                                noise=noise),
+            "minimal": lambda: minimal(steps),
+        }, max(1, repeats // 2) if steps == 50 else repeats)
+        res.rows.append(Row(f"{steps} steps: seconds per image", t["lensforge"] / n_img, "s", t["minimal"] / n_img))
+    res.notes.append("lens_mmdit tiny flavor (4 blocks, width 64), fp32 CPU; both do one packed cond+uncond forward per step")
+    return res
+
+
+def bench_data(repeats: int, quick: bool) -> Result:
+    """Loader samples/s (synthetic world, WebDataset shards) at 0/1/2 workers vs the training step's consumption."""
+    import tempfile
+    import time
+
+    from lensforge.data import build_datamodule
+    from lensforge.data.shards import ShardWriter, open_source, raw_record
+    from lensforge.recipe import load_recipe
+
+    recipe = load_recipe(SMOKE_RECIPE, ["resume=never"])
+    cfg = recipe.config
+    n_batches = 20 if quick else 60
+
+    def rate(data_cfg, workers: int) -> float:
+        import dataclasses
+
+        dc = dataclasses.replace(data_cfg, loader=dataclasses.replace(data_cfg.loader, num_workers=workers))
+        dm = build_datamodule(dc, downsample=16, seed=0)
+        dm.setup("fit")
+        it = iter(dm.train_dataloader())
+        for _ in range(3):  # workers start, first batches
+            next(it)
+        t0, n = time.perf_counter(), 0
+        for _ in range(n_batches):
+            n += len(next(it))
+        return n / (time.perf_counter() - t0)
+
+    # shards built from the same synthetic world
+    tmp = tempfile.mkdtemp(prefix="lf_bench_data_")
+    src = open_source("synthetic:512")
+    w = ShardWriter(tmp, samples_per_shard=128)
+    for i in range(len(src)):
+        w.write(raw_record(src, i))
+    w.close()
+    import dataclasses
+
+    from lensforge.recipe.plugin_config import PluginRef
+
+    wds_cls = __import__("lensforge.registry", fromlist=["get"]).get("data", "webdataset")
+    wds_cfg = dataclasses.replace(cfg.data, source=PluginRef("data", "webdataset", wds_cls, wds_cls.Config(path=tmp)))
+
+    # the training step's consumption (samples/s) on the same recipe: a few real steps
+    import lightning as L
+
+    from lensforge.stages.runner import build_dit
+
+    L.seed_everything(0, verbose=False)
+    dit = build_dit(cfg)
+    stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=cfg.model.vae.build(),
+                          text_encoder=cfg.model.text_encoder.build())
+    opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
+    dm = build_datamodule(cfg.data, downsample=16, seed=0)
+    dm.setup("fit")
+    batches = [b for b, _ in zip(dm.train_dataloader(), range(12))]
+    for b in batches[:4]:  # fill the memo like a long run (steady state)
+        stage.encode_batch(b)
+
+    def step(b):
+        latents, text = stage.encode_batch(b)
+        loss, _ = stage.flow_matching_loss(latents, text)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for b in batches[:4]:
+        step(b)
+    t0 = time.perf_counter()
+    n = 0
+    for b in batches[4:]:
+        step(b)
+        n += len(b)
+    consumption = n / (time.perf_counter() - t0)
+
+    res = Result(title="Data: loader throughput vs the training step's consumption (samples/s)",
+                 target="≥ 5× the training step's consumption at 2 workers")
+    for label, dcfg in (("synthetic world", cfg.data), ("WebDataset shards", wds_cfg)):
+        for workers in (0, 1, 2):
+            r = rate(dcfg, workers)
+            res.rows.append(Row(f"{label}, {workers} workers", r, "samples/s", consumption, True,
+                                note="baseline = training step's consumption"))
+    res.notes.append(f"{SMOKE_RECIPE} data settings (base 64 px, 3 aspect ratios, packed); training consumption "
+                     f"{consumption:.0f} samples/s measured on the same recipe's model (memo warm)")
+    return res
+
+
 def bench_h100(repeats: int, quick: bool) -> Result:
     """1024² latency at 20/4 steps, training MFU and xformers vs SDPA on an H100 (prints what it cannot run)."""
     import bench_h100
@@ -179,6 +392,9 @@ def bench_h100(repeats: int, quick: bool) -> Result:
 
 
 BENCHMARKS: dict[str, tuple[Callable[..., Result], str, bool]] = {
+    "framework": (bench_framework, "`lensforge fit` steps vs a minimal PyTorch loop", True),
+    "sampler": (bench_sampler, "lensforge sampler vs a minimal Euler loop; 4/20/50 steps", True),
+    "data": (bench_data, "loader samples/s (synthetic, shards) at 0/1/2 workers vs training consumption", True),
     "packing": (bench_packing, "training step: packed vs padded vs one bucket per batch", True),
     "attention": (bench_attention, "attention backends on CPU at several packed shapes", True),
     "h100": (bench_h100, "H100: 1024² latency (20/4 steps), training MFU, xformers vs SDPA", False),

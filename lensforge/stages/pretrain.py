@@ -430,7 +430,8 @@ class PretrainStage(Stage):
         if states is not None:
             rank, ws = self.global_rank, self.trainer.world_size
             if states.shape[0] == ws:
-                self._gen.set_state(states[rank].to(torch.uint8).cpu().contiguous())
+                # a fresh tensor: set_state reads the storage from offset 0 (a row view of rank > 0 crashes)
+                self._gen.set_state(states[rank].to(torch.uint8).cpu().clone())
                 log.info("resume: restored the noise generator of rank %d", rank)
             else:
                 log.warning("resume: checkpoint has %d noise-generator states for %d ranks; reseeding (not exact)",
