@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lensforge.data.sources.common import (
     CAPTION_KEYS, IMAGE_EXTS, RawRecord, captions_from_json, image_header_size, load_resized,
@@ -32,7 +32,7 @@ class ImageFolderSource(DataSource):
         """Image file extensions (lower case, no dot)."""
         caption_keys: list[str] = field(default_factory=lambda: list(CAPTION_KEYS))
         """Fields of a .json sidecar read as captions; a .txt sidecar becomes the ``caption`` field."""
-        resize: str = "cover"
+        resize: Literal["cover", "contain"] = "cover"
         """How a stored image is fitted to the drawn size: ``cover`` (crop) or ``contain`` (pad)."""
 
     def __init__(self, config: Config):
@@ -51,16 +51,10 @@ class ImageFolderSource(DataSource):
 
     @classmethod
     def check_environment(cls, config: Any) -> list[tuple[str, str]]:
-        # like the webdataset source: the folder must exist on the machine that trains (fit's
-        # preflight), while `validate` accepts recipes naming another machine's folders
+        # a property of the machine, not of the recipe: reported by `lensforge validate` and by
+        # `lensforge fit`'s preflight, skipped by `lensforge validate --portable`
         if config.path != "???" and not os.path.isdir(config.path):
             return [("path", f"image folder '{config.path}' does not exist")]
-        return []
-
-    @classmethod
-    def check_config(cls, config: Any) -> list[tuple[str, str]]:
-        if config.resize not in ("cover", "contain"):
-            return [("resize", f"must be 'cover' or 'contain', got '{config.resize}'")]
         return []
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ import logging
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lensforge.data.sources.common import (
     CAPTION_KEYS, IMAGE_EXTS, RawRecord, captions_from_json, image_header_size, load_resized,
@@ -56,7 +56,7 @@ class WebDatasetSource(DataSource):
         """Member extensions treated as the sample's image."""
         caption_keys: list[str] = field(default_factory=lambda: list(CAPTION_KEYS))
         """Fields of the .json member read as captions; a .txt member becomes the ``caption`` field."""
-        resize: str = "cover"
+        resize: Literal["cover", "contain"] = "cover"
         """How a stored image is fitted to the drawn size: ``cover`` (crop) or ``contain`` (pad)."""
         index_cache: bool = True
         """Keep each shard's member index in a ``<shard>.idx.json`` sidecar (rebuilt when the shard changes)."""
@@ -125,16 +125,10 @@ class WebDatasetSource(DataSource):
 
     @classmethod
     def check_environment(cls, config: Any) -> list[tuple[str, str]]:
-        # shard existence is checked by `lensforge fit`'s preflight, not by validate (recipes/lens_3b8.yaml
-        # names the training machine's shards); moved here from check_config by the export/plan helper.
+        # a property of the machine, not of the recipe: reported by `lensforge validate` and by
+        # `lensforge fit`'s preflight, skipped by `lensforge validate --portable`
         if config.path != "???" and not shard_paths(config.path):
             return [("path", f"no .tar shards found at '{config.path}'")]
-        return []
-
-    @classmethod
-    def check_config(cls, config: Any) -> list[tuple[str, str]]:
-        if config.resize not in ("cover", "contain"):
-            return [("resize", f"must be 'cover' or 'contain', got '{config.resize}'")]
         return []
 
     def __getstate__(self) -> dict[str, Any]:  # file descriptors are per process
