@@ -110,7 +110,8 @@ class PluginSpec:
         return _docstring_without_import(self.target)
 
 
-def _docstring_without_import(target: str) -> str:
+def _docstring_without_import(target: str, _depth: int = 0) -> str:
+    """First docstring line of ``pkg.mod:Class`` read from source (follows ``from .x import Class``)."""
     mod_name, _, qual = target.partition(":")
     try:
         spec = importlib.util.find_spec(mod_name)
@@ -124,12 +125,24 @@ def _docstring_without_import(target: str) -> str:
     except (OSError, SyntaxError):
         return ""
     node: Any = tree
-    for part in qual.split("."):
-        node = next(
+    for i, part in enumerate(qual.split(".")):
+        found = next(
             (n for n in getattr(node, "body", []) if isinstance(n, ast.ClassDef) and n.name == part), None
         )
-        if node is None:
+        if found is None and i == 0 and _depth < 3:
+            # a re-export (``from .model import Class`` in a package __init__): follow it
+            for n in tree.body:
+                if isinstance(n, ast.ImportFrom) and any((a.asname or a.name) == part for a in n.names):
+                    name = next(a.name for a in n.names if (a.asname or a.name) == part)
+                    base = mod_name if spec.submodule_search_locations else mod_name.rpartition(".")[0]
+                    for _ in range(max(0, n.level - 1)):
+                        base = base.rpartition(".")[0]
+                    src = f"{base}.{n.module}" if n.level and n.module else (base if n.level else n.module or "")
+                    rest = ".".join([name] + qual.split(".")[1:])
+                    return _docstring_without_import(f"{src}:{rest}", _depth + 1)
+        if found is None:
             return ""
+        node = found
     doc = ast.get_docstring(node) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 

@@ -128,3 +128,5 @@ def test_summary_read_without_import():
     assert spec.summary() == "Space-to-depth by ``factor`` with a fixed scale: exact inverse."
     # ast-based summary for a not-yet-imported target
     assert registry._docstring_without_import("_fakes:FakeText") == "One feature row per word: a hashed embedding."
+    # a class re-exported by a package __init__ (``from .model import LensMMDiT``) is followed
+    assert registry._docstring_without_import("lensforge_plugins.dit.lens_mmdit:LensMMDiT").startswith("Lens dual-stream MMDiT")
