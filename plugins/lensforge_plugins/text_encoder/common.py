@@ -51,6 +51,16 @@ def check_folder(path: str | None, field: str = "path", need: tuple[str, ...] = 
     return []
 
 
+def check_dtype_and_length(config: Any) -> list[tuple[str, str]]:
+    """The ``dtype`` / ``max_length`` checks every text encoder's ``check_config`` shares."""
+    out = []
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        out.append(("dtype", f"'{config.dtype}' is not float32, bfloat16 or float16"))
+    if config.max_length < 1:
+        out.append(("max_length", "must be >= 1"))
+    return out
+
+
 def dtype_of(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise LensforgeError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")

@@ -43,7 +43,7 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
-from lensforge_plugins.text_encoder.common import check_folder, dtype_of, freeze_module, prefix_token_count, resolve_path
+from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, dtype_of, freeze_module, prefix_token_count, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.gpt_oss")
 
@@ -248,11 +248,7 @@ class GptOssEncoder(TextEncoder):
         cfg = _read_json(os.path.join(model_dir, "config.json"))
         if cfg and config.layers and max(config.layers) >= int(cfg.get("num_hidden_layers", 10**9)):
             out.append(("layers", f"layer {max(config.layers)} out of range ({cfg['num_hidden_layers']} layers)"))
-        if config.dtype not in ("float32", "bfloat16", "float16"):
-            out.append(("dtype", f"'{config.dtype}' is not float32, bfloat16 or float16"))
-        if config.max_length < 1:
-            out.append(("max_length", "must be >= 1"))
-        return out
+        return out + check_dtype_and_length(config)
 
     @classmethod
     def feature_spec(cls, config: Config) -> tuple[int, ...] | None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
-from lensforge_plugins.text_encoder.common import check_folder, dtype_of, freeze_module, num_leading_specials, resolve_path
+from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, dtype_of, freeze_module, num_leading_specials, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.hf_encoder")
 
@@ -122,11 +122,7 @@ class HFEncoder(TextEncoder):
         out: list[tuple[str, str]] = [] if config.path is not None else [("path", "a local model folder is required")]
         if not config.layers:
             out.append(("layers", "select at least one layer"))
-        if config.dtype not in ("float32", "bfloat16", "float16"):
-            out.append(("dtype", f"'{config.dtype}' is not float32, bfloat16 or float16"))
-        if config.max_length < 1:
-            out.append(("max_length", "must be >= 1"))
-        return out
+        return out + check_dtype_and_length(config)
 
     @classmethod
     def feature_spec(cls, config: Config) -> tuple[int, ...] | None:
