@@ -29,14 +29,22 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """In-place EMA update of ``ema``'s parameters (and a copy of buffers) from ``model``."""
+    """In-place EMA update of ``ema``'s parameters (and a copy of buffers) from ``model``.
+
+    One ``torch._foreach_lerp_`` per dtype group instead of a kernel launch per parameter.
+    """
     ema_params = dict(ema.named_parameters())
+    groups: dict[tuple[torch.dtype, torch.device], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for name, p in model.named_parameters():
         e = ema_params.get(name)
         if e is None:
             raise KeyError(f"EMA has no parameter '{name}'")
         el, pl = _local(e), _local(p.detach())
-        el.lerp_(pl.to(el.dtype), 1.0 - decay)
+        dst, src = groups.setdefault((el.dtype, el.device), ([], []))
+        dst.append(el)
+        src.append(pl.to(el.dtype))
+    for dst, src in groups.values():
+        torch._foreach_lerp_(dst, src, 1.0 - decay)
     ema_bufs = dict(ema.named_buffers())
     for name, b in model.named_buffers():
         if name in ema_bufs:
