@@ -194,6 +194,40 @@ def bench_framework(repeats: int, quick: bool) -> Result:
                  "resume=never"]
     recipe = load_recipe(SMOKE_RECIPE, overrides)
 
+    def minimal_loop() -> list[float]:
+        """The hand-written loop: same recipe, model init, data order, encoders, loss, AdamW, clipping, EMA."""
+        cfg = recipe.config
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        dit = build_dit(cfg)
+        vae, te = cfg.model.vae.build(), cfg.model.text_encoder.build()
+        stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=te)
+        params = [p for p in dit.parameters() if p.requires_grad]
+        oc = cfg.optim
+        opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        loop_dt = []
+        t_prev = None
+        for i in range(steps):
+            t = time.perf_counter()
+            if t_prev is not None and i > skip:
+                loop_dt.append(t - t_prev)
+            t_prev = t
+            batch = next(loader)
+            latents, text = stage.encode_batch(batch)
+            loss, _ = stage.flow_matching_loss(latents, text)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.trainer.gradient_clip_val:
+                torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
+            opt.step()
+            if stage.ema_dit is not None:
+                ema_update_(stage.ema_dit, dit, ema_decay_at(i, stage.config.ema_decay, stage.config.ema_warmup))
+        return loop_dt
+
+    # bracket the lensforge run between two runs of the minimal loop (machine drift hits both sides)
+    loop_before = minimal_loop()
     # 1) lensforge fit, in-process, timing each training_step call (includes data, Lightning, logging, EMA)
     stamps: list[float] = []
     orig = pretrain_mod.PretrainStage.training_step
@@ -209,42 +243,17 @@ def bench_framework(repeats: int, quick: bool) -> Result:
         pretrain_mod.PretrainStage.training_step = orig
     fit_dt = [b - a for a, b in zip(stamps[skip:], stamps[skip + 1:])]
 
-    # 2) the minimal loop: same recipe, model init, data order, encoders, loss, AdamW, clipping, EMA
-    cfg = recipe.config
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dit = build_dit(cfg)
-    vae, te = cfg.model.vae.build(), cfg.model.text_encoder.build()
-    stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=te)
-    params = [p for p in dit.parameters() if p.requires_grad]
-    oc = cfg.optim
-    opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
-    dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
-    dm.setup("fit")
-    loader = iter(dm.train_dataloader())
-    loop_dt = []
-    t_prev = None
-    for i in range(steps):
-        t = time.perf_counter()
-        if t_prev is not None and i > skip:
-            loop_dt.append(t - t_prev)
-        t_prev = t
-        batch = next(loader)
-        latents, text = stage.encode_batch(batch)
-        loss, _ = stage.flow_matching_loss(latents, text)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.trainer.gradient_clip_val:
-            torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
-        opt.step()
-        if stage.ema_dit is not None:
-            ema_update_(stage.ema_dit, dit, ema_decay_at(i, stage.config.ema_decay, stage.config.ema_warmup))
+    loop_after = minimal_loop()
+    loop_dt = loop_before + loop_after
     fit_med, loop_med = statistics.median(fit_dt), statistics.median(loop_dt)
     res = Result(
         title="Framework overhead: `lensforge fit` step vs a hand-written PyTorch loop (same model, batches, optimizer)",
         target="lensforge ≤ 1.10× the minimal loop's step time",
     )
     res.rows.append(Row("median step time", fit_med * 1e3, "ms", loop_med * 1e3,
-                        note=f"overhead ×{fit_med / loop_med:.3f} (ratio column = loop/lensforge)"))
+                        note=f"overhead ×{fit_med / loop_med:.3f} (ratio column = loop/lensforge); loop medians "
+                             f"before/after the fit run: {statistics.median(loop_before) * 1e3:.1f}/"
+                             f"{statistics.median(loop_after) * 1e3:.1f} ms"))
     res.notes.append(
         f"{SMOKE_RECIPE}, {steps} steps, first {skip} excluded; both include data loading, frozen-encoder "
         "memo, flow-matching loss, backward, clipping, AdamW and EMA; lensforge adds Lightning, MLflow "

@@ -137,14 +137,18 @@ class MLflowTracker(Logger):
                 items.append(Metric(key=k.replace("@", "_"), value=float(v), timestamp=ts, step=int(step or 0)))
             except (TypeError, ValueError):
                 continue
+        # asynchronous: the SQLite/HTTP round trip runs off the training loop (flushed in finalize)
         for i in range(0, len(items), 900):
-            self._client.log_batch(self._run_id, metrics=items[i : i + 900])
+            self._client.log_batch(self._run_id, metrics=items[i : i + 900], synchronous=False)
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if self._run_id is None:
             return
         state = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, "FINISHED")
+        import mlflow
+
+        mlflow.flush_async_logging()  # every metric logged with synchronous=False is written first
         self._client.set_terminated(self._run_id, state)
 
     # ------------------------------------------------------------------ lensforge records
