@@ -146,9 +146,11 @@ class MLflowTracker(Logger):
         if self._run_id is None:
             return
         state = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, "FINISHED")
-        import mlflow
-
-        mlflow.flush_async_logging()  # every metric logged with synchronous=False is written first
+        # every metric logged with synchronous=False is written first (flush *this* client's store:
+        # mlflow.flush_async_logging() would open the default store, creating ./mlflow.db)
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        if store is not None and hasattr(store, "flush_async_logging"):
+            store.flush_async_logging()
         self._client.set_terminated(self._run_id, state)
 
     # ------------------------------------------------------------------ lensforge records
