@@ -51,6 +51,17 @@ def check_folder(path: str | None, field: str = "path", need: tuple[str, ...] = 
     return []
 
 
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or unreadable (cheap validate-time reads)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def check_dtype_and_length(config: Any) -> list[tuple[str, str]]:
     """The ``dtype`` / ``max_length`` checks every text encoder's ``check_config`` shares."""
     out = []

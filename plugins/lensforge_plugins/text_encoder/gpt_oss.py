@@ -30,7 +30,6 @@ checkpoints are dequantised on load (transformers' ``Mxfp4Config(dequantize=True
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -43,7 +42,7 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
-from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, dtype_of, freeze_module, prefix_token_count, resolve_path
+from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, read_json, dtype_of, freeze_module, prefix_token_count, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.gpt_oss")
 
@@ -101,14 +100,6 @@ def _resolve_dirs(path: str, tokenizer_path: str | None) -> tuple[str, str]:
     if tokenizer_path is not None:
         tok_dir = resolve_path(tokenizer_path)
     return model_dir, tok_dir
-
-
-def _read_json(p: str) -> dict[str, Any] | None:
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def load_kwargs_for(model_config: dict[str, Any], *, dequantize_mxfp4: bool) -> dict[str, Any]:
@@ -169,7 +160,7 @@ class GptOssEncoder(TextEncoder):
             if not os.path.isdir(d):
                 raise LensforgeError(f"gpt_oss: {what} folder '{d}' does not exist")
         dtype = dtype_of(config.dtype)
-        raw_cfg = _read_json(os.path.join(model_dir, "config.json")) or {}
+        raw_cfg = read_json(os.path.join(model_dir, "config.json")) or {}
         hf_cfg = AutoConfig.from_pretrained(model_dir)
         n_total = int(hf_cfg.num_hidden_layers)
         last = max(config.layers)
@@ -245,7 +236,7 @@ class GptOssEncoder(TextEncoder):
             cls._check_layers(config.layers)
         except LensforgeError as e:
             out.append(("layers", str(e).split(": ", 1)[1]))
-        cfg = _read_json(os.path.join(model_dir, "config.json"))
+        cfg = read_json(os.path.join(model_dir, "config.json"))
         if cfg and config.layers and max(config.layers) >= int(cfg.get("num_hidden_layers", 10**9)):
             out.append(("layers", f"layer {max(config.layers)} out of range ({cfg['num_hidden_layers']} layers)"))
         return out + check_dtype_and_length(config)
@@ -258,7 +249,7 @@ class GptOssEncoder(TextEncoder):
             model_dir, _ = _resolve_dirs(config.path, config.tokenizer_path)
         except LensforgeError:
             return None
-        cfg = _read_json(os.path.join(model_dir, "config.json"))
+        cfg = read_json(os.path.join(model_dir, "config.json"))
         if not cfg or "hidden_size" not in cfg:
             return None
         return tuple(int(cfg["hidden_size"]) for _ in config.layers)

@@ -29,7 +29,7 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
-from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, dtype_of, freeze_module, num_leading_specials, resolve_path
+from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, read_json, dtype_of, freeze_module, num_leading_specials, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.hf_encoder")
 
@@ -126,14 +126,13 @@ class HFEncoder(TextEncoder):
 
     @classmethod
     def feature_spec(cls, config: Config) -> tuple[int, ...] | None:
-        import json
-
         if config.path is None:
             return None
         try:
-            with open(os.path.join(resolve_path(config.path), "config.json"), encoding="utf-8") as f:
-                cfg = json.load(f)
-        except (OSError, ValueError, LensforgeError):
+            cfg = read_json(os.path.join(resolve_path(config.path), "config.json"))
+        except LensforgeError:
+            return None
+        if cfg is None:
             return None
         hidden = cfg.get("hidden_size") or cfg.get("d_model")
         return tuple(int(hidden) for _ in config.layers) if hidden else None
