@@ -73,6 +73,18 @@ class TextFeatures:
             lengths=self.lengths[torch.as_tensor(indices, dtype=torch.long)],
         )
 
+    def emptied(self, indices: list[int]) -> "TextFeatures":
+        """The same batch with samples ``indices`` cut to length 0 (Lens's unconditional branch)."""
+        drop = set(int(i) for i in indices)
+        o = self.offsets.tolist()
+        keep = [i for i in range(self.num_samples) if i not in drop]
+        rows = [torch.arange(o[i], o[i + 1]) for i in keep]
+        idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        idx = idx.to(self.layers[0].device) if self.layers else idx
+        lengths = self.lengths.clone()
+        lengths[sorted(drop)] = 0
+        return TextFeatures(layers=[t.index_select(0, idx) for t in self.layers], lengths=lengths)
+
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "TextFeatures":
         """Move to ``device`` and/or cast the (floating) features to ``dtype``."""
         return TextFeatures(

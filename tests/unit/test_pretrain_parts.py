@@ -67,6 +67,20 @@ def test_loss_is_mean_of_per_sample_means():
     assert extras["sigmas"].shape == (2,) and bool(((extras["sigmas"] > 0) & (extras["sigmas"] < 1)).all())
 
 
+def test_dropped_captions_train_the_empty_negative_branch():
+    """A dropped caption ("") reaches the DiT with zero text tokens, as Lens's empty negative does."""
+    from lensforge.interfaces import DataBatch
+
+    stage = PretrainStage(PretrainStage.Config(ema_decay=0.0), dit=_EchoDiT())
+    text = TextFeatures(layers=[torch.arange(12.0).view(6, 2)], lengths=torch.tensor([2, 3, 1]))
+    batch = DataBatch(images=[], prompts=["a red circle", "", "  "], keys=["a", "b", "c"],
+                      latents=[torch.zeros(4, 1, 1)] * 3, text=text)
+    _, out = stage.encode_batch(batch)
+    assert out.lengths.tolist() == [2, 0, 0]
+    torch.testing.assert_close(out.sample(0)[0], text.sample(0)[0])
+    assert out.layers[0].shape == (2, 2)
+
+
 def test_resume_discovery(tmp_path):
     d = tmp_path / "checkpoints"
     assert resolve_resume("auto", d) is None and resolve_resume("never", d) is None
