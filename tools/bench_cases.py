@@ -203,7 +203,8 @@ def bench_framework(repeats: int, quick: bool) -> Result:
         stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=te)
         params = [p for p in dit.parameters() if p.requires_grad]
         oc = cfg.optim
-        opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
+                                foreach=True)  # as the stage does on the CPU
         dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
         dm.setup("fit")
         loader = iter(dm.train_dataloader())

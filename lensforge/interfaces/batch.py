@@ -62,12 +62,16 @@ class TextFeatures:
         o = self.offsets
         return [t[o[i] : o[i + 1]] for t in self.layers]
 
-    def select(self, indices: list[int]) -> "TextFeatures":
-        """Sub-batch (in the given order)."""
+    def _rows(self, indices: list[int]) -> Tensor:
+        """Packed row indices of samples ``indices`` (in that order), on the features' device."""
         o = self.offsets.tolist()
         rows = [torch.arange(o[i], o[i + 1]) for i in indices]
         idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-        idx = idx.to(self.layers[0].device) if self.layers else idx
+        return idx.to(self.layers[0].device) if self.layers else idx
+
+    def select(self, indices: list[int]) -> "TextFeatures":
+        """Sub-batch (in the given order)."""
+        idx = self._rows(indices)
         return TextFeatures(
             layers=[t.index_select(0, idx) for t in self.layers],
             lengths=self.lengths[torch.as_tensor(indices, dtype=torch.long)],
@@ -75,12 +79,8 @@ class TextFeatures:
 
     def emptied(self, indices: list[int]) -> "TextFeatures":
         """The same batch with samples ``indices`` cut to length 0 (Lens's unconditional branch)."""
-        drop = set(int(i) for i in indices)
-        o = self.offsets.tolist()
-        keep = [i for i in range(self.num_samples) if i not in drop]
-        rows = [torch.arange(o[i], o[i + 1]) for i in keep]
-        idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-        idx = idx.to(self.layers[0].device) if self.layers else idx
+        drop = {int(i) for i in indices}
+        idx = self._rows([i for i in range(self.num_samples) if i not in drop])
         lengths = self.lengths.clone()
         lengths[sorted(drop)] = 0
         return TextFeatures(layers=[t.index_select(0, idx) for t in self.layers], lengths=lengths)
