@@ -281,8 +281,24 @@ class PretrainStage(Stage):
             z = self._vae_encode(torch.stack([batch.images[i] for i in idx]))
             for j, i in enumerate(idx):
                 latents[i] = z[j]
-        text = self.text_encoder.encode(list(batch.prompts))
-        return latents, text.to(self.device)  # type: ignore[return-value]
+        return latents, self._encode_prompts(list(batch.prompts))  # type: ignore[return-value]
+
+    def _encode_prompts(self, prompts: list[str]) -> TextFeatures:
+        """Text features of ``prompts``; dropped (empty) ones get zero tokens without running the encoder.
+
+        With caption dropout ``p``, that saves ``p`` of the text encoder's work on every batch (a
+        GPT-OSS forward over its chat template, for a result :meth:`encode_batch` discards).
+        """
+        keep = [i for i, p in enumerate(prompts) if str(p).strip()]
+        if len(keep) == len(prompts):
+            return self.text_encoder.encode(prompts).to(self.device)
+        lengths = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
+        if not keep:
+            layers = [torch.zeros(0, d, device=self.device) for d in self.text_encoder.feature_dims]
+            return TextFeatures(layers=layers, lengths=lengths)
+        enc = self.text_encoder.encode([prompts[i] for i in keep]).to(self.device)
+        lengths[torch.tensor(keep, device=self.device)] = enc.lengths.to(self.device)
+        return TextFeatures(layers=enc.layers, lengths=lengths)  # rows stay in sample order
 
     def _vae_encode(self, images: Tensor) -> Tensor:
         params = list(self.vae.parameters())

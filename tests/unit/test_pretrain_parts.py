@@ -81,6 +81,49 @@ def test_dropped_captions_train_the_empty_negative_branch():
     assert out.layers[0].shape == (2, 2)
 
 
+class _CountingEncoder(nn.Module):
+    """Text encoder stand-in: one token per word, records every prompt it is asked to encode."""
+
+    feature_dims = (3, 5)
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def encode(self, prompts: list[str]) -> TextFeatures:
+        self.seen += prompts
+        n = [len(p.split()) or 1 for p in prompts]  # "" would cost a token (a template, [CLS] [SEP] …)
+        rows = [torch.full((k, 1), float(i)) for i, k in enumerate(n)]
+        return TextFeatures(layers=[torch.cat(rows).expand(-1, d) for d in self.feature_dims], lengths=torch.tensor(n))
+
+
+class _PixelVAE(nn.Module):
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+def test_dropped_captions_are_never_encoded():
+    """Without a memo or cache the encoder runs on the kept prompts only; rows stay in sample order."""
+    from lensforge.interfaces import DataBatch
+
+    enc = _CountingEncoder()
+    stage = PretrainStage(PretrainStage.Config(ema_decay=0.0, memo_features=0), dit=_EchoDiT(), vae=_PixelVAE(),
+                          text_encoder=enc)
+    prompts = ["", "a red circle", "", "two blue squares here"]
+    out = stage._encode_prompts(prompts)
+    assert enc.seen == ["a red circle", "two blue squares here"]
+    assert out.lengths.tolist() == [0, 3, 0, 4] and out.dims == [3, 5]
+    assert out.sample(1)[0][:, 0].tolist() == [0.0] * 3 and out.sample(3)[1][:, 0].tolist() == [1.0] * 4
+    none = stage._encode_prompts(["", " "])
+    assert none.lengths.tolist() == [0, 0] and [t.shape for t in none.layers] == [(0, 3), (0, 5)]
+    assert enc.seen == ["a red circle", "two blue squares here"]  # still nothing for the dropped ones
+    stage._encode_prompts(["a", "b c"])  # nothing dropped: one call with all prompts
+    assert enc.seen[-2:] == ["a", "b c"]
+    batch = DataBatch(images=[torch.zeros(3, 4, 4)] * 2, prompts=["", "a green square"], keys=["x", "y"])
+    _, text = stage.encode_batch(batch)
+    assert text.lengths.tolist() == [0, 3] and enc.seen[-1] == "a green square"
+
+
 def test_resume_discovery(tmp_path):
     d = tmp_path / "checkpoints"
     assert resolve_resume("auto", d) is None and resolve_resume("never", d) is None
