@@ -94,3 +94,20 @@ def test_bad_sizes_are_clear_errors(exported, tmp_path, capsys, size, msg):
 def test_no_prompts_is_a_clear_error(exported, tmp_path, capsys):
     assert main(["sample", str(exported), "--out", str(tmp_path)]) == 2
     assert "no prompts" in capsys.readouterr().err
+
+
+def test_shape_probe_tool(checkpoint, exported, tmp_path, capsys):
+    """tools/shape_probe.py reads a checkpoint or an export and prints finite spreads for both words."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("shape_probe", REPO / "tools" / "shape_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    for src in (checkpoint, exported):
+        assert probe.main([str(src), "--draws", "1"]) == 0
+        lines = [l for l in capsys.readouterr().out.splitlines() if "ratio" in l]
+        assert len(lines) == 6 and sum("shape" in l for l in lines) == 3
+        assert all(float(re.search(r"ratio ([0-9.]+)", l).group(1)) >= 0 for l in lines)
+    assert probe.main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
