@@ -293,7 +293,7 @@ class TinyAE(VAE):
             f = self.config.pixel_block
             b, _, h, w = z.shape
             g = self.config.patch // f
-            thumb = z.view(b, 3, g, g, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, 3, h * g, w * g) / f
+            thumb = z.reshape(b, 3, g, g, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, 3, h * g, w * g) / f
             thumb = torch.einsum("cd,bchw->bdhw", COLOR_BASIS.to(z), thumb)  # luma/chroma → RGB
             x = F.interpolate(thumb, scale_factor=f, mode="bicubic", align_corners=False) if f > 1 else thumb
             x = x + self.dec_bias.view(1, 3, 1, 1)
