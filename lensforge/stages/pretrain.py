@@ -246,7 +246,8 @@ class PretrainStage(Stage):
         would train a different input (GPT-OSS's chat template, MiniLM's ``[CLS] [SEP]``).
         """
         latents, text = self._encode_features(batch)
-        empty = [i for i, p in enumerate(batch.prompts) if not str(p).strip()]
+        lengths = text.lengths.tolist()  # the encoder path already gives dropped prompts zero tokens
+        empty = [i for i, p in enumerate(batch.prompts) if not str(p).strip() and lengths[i]]
         return latents, (text.emptied(empty) if empty else text)
 
     def _encode_features(self, batch: DataBatch) -> tuple[list[Tensor], TextFeatures]:
