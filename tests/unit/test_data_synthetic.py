@@ -120,3 +120,31 @@ def test_eval_prompts_carry_scene_specs_and_are_deterministic():
     train = {str(world().scene(i)["objects"]) for i in range(50)}
     assert not any(str(p.scene["objects"]) in train for p in a)
     assert all(p.short and len(p.short.split()) < 12 for p in eval_prompts(3, caption="short"))
+
+
+def test_huge_size_class_is_opt_in_fits_every_cell_and_is_verified():
+    from lensforge.data.verifier import verify
+
+    assert "huge" not in SyntheticWorld.Config().sizes  # the default world keeps small/medium/large
+    w = world(sizes=["huge"], max_objects=1, backgrounds=["flat"], dense_words=(20, 28))
+    cells = set()
+    for i in range(120):
+        scene, caps = w.captions(i)
+        (o,) = scene["objects"]
+        assert o["size"] == "huge" and any(wd in caps["dense"] for wd in SIZE_WORDS["huge"])
+        half = SIZES["huge"] / 2
+        assert half < o["x"] < 1 - half and half < o["y"] < 1 - half  # the whole box is inside
+        cells.add(tuple(o["cell"]))
+        size = [(64, 64), (64, 96), (96, 64)][i % 3]
+        res = verify(render_scene(scene, size), scene)
+        assert res["size"] == res["shape"] == res["position"] == res["color"] == 1.0, (i, size, res)
+    assert len(cells) == 9  # a huge object can sit in every cell of the 3x3 grid
+    # several objects: huge ones fall back to smaller classes where they do not fit, never overlap
+    many = world(sizes=["huge", "large"], min_objects=3, max_objects=3)
+    for i in range(50):
+        objs = many.scene(i)["objects"]
+        for a in range(len(objs)):
+            for b in range(a + 1, len(objs)):
+                oa, ob = objs[a], objs[b]
+                gap = max(abs(oa["x"] - ob["x"]), abs(oa["y"] - ob["y"])) - (SIZES[oa["size"]] + SIZES[ob["size"]]) / 2
+                assert gap > 0.03

@@ -66,8 +66,12 @@ BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
-#: Size classes: object box side as a fraction of ``min(H, W)``.
-SIZES: dict[str, float] = {"small": 0.18, "medium": 0.25, "large": 0.32}
+#: Size classes: object box side as a fraction of ``min(H, W)``. ``huge`` (half the image side) is
+#: not in the default world; one-object worlds for tiny models use it, so that an outline spans
+#: several latent tokens (``recipes/_base/synthetic_tiny.yaml``).
+SIZES: dict[str, float] = {"small": 0.18, "medium": 0.25, "large": 0.32, "huge": 0.5}
+#: Size classes of the default world.
+DEFAULT_SIZES: tuple[str, ...] = ("small", "medium", "large")
 BACKGROUND_KINDS: tuple[str, ...] = ("flat", "gradient", "texture")
 TEXTURES: tuple[str, ...] = ("stripes", "checks", "noise")
 GRADIENT_DIRECTIONS: tuple[str, ...] = ("vertical", "horizontal", "diagonal")
@@ -77,7 +81,7 @@ ROW_NAMES = ("top", "middle", "bottom")
 COL_NAMES = ("left", "centre", "right")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SIZE_WORDS = {"small": ("small", "little", "small"), "medium": ("medium-sized", "mid-sized", "medium"),
-              "large": ("large", "big", "large")}
+              "large": ("large", "big", "large"), "huge": ("huge", "giant", "huge")}
 PLURAL = {"cross": "crosses"}
 
 
@@ -490,8 +494,8 @@ class SyntheticWorld(DataSource):
         """Shape vocabulary (subset of circle, square, triangle, diamond, star, cross)."""
         colors: list[str] = field(default_factory=lambda: list(PALETTE))
         """Object colour vocabulary (subset of red, orange, yellow, green, cyan, blue, purple, pink)."""
-        sizes: list[str] = field(default_factory=lambda: list(SIZES))
-        """Object size classes (subset of small, medium, large)."""
+        sizes: list[str] = field(default_factory=lambda: list(DEFAULT_SIZES))
+        """Object size classes (subset of small, medium, large, huge; huge = half the image side)."""
         backgrounds: list[str] = field(default_factory=lambda: list(BACKGROUND_KINDS))
         """Background kinds (subset of flat, gradient, texture)."""
         background_colors: list[str] = field(default_factory=lambda: list(BACKGROUND_COLORS))
@@ -629,7 +633,8 @@ def make_scene(cfg: SyntheticWorld.Config, rng: np.random.Generator, seed: int =
         x, y, size = spot
         placed.append((x, y, SIZES[size] / 2))
         objects.append({"id": k, "shape": shape, "color": color, "size": size, "x": x, "y": y, "cell": list(cell)})
-    relations = [{"a": i, "b": i + 1, "relation": _relation(objects[i], objects[i + 1])} for i in range(n - 1)]
+    relations = [{"a": i, "b": i + 1, "relation": _relation(objects[i], objects[i + 1])}
+                 for i in range(len(objects) - 1)]  # placement may have run out of room
     kind = cfg.backgrounds[int(rng.integers(len(cfg.backgrounds)))]
     bg_cols = list(cfg.background_colors)
     c1 = bg_cols[int(rng.integers(len(bg_cols)))]
