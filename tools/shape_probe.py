@@ -2,7 +2,7 @@
 
     python tools/shape_probe.py runs/tiny_pretrain [--draws 8]
 
-For a one-object synthetic scene (a large object in the centre of a grey 64² image) it builds three
+For a one-object synthetic scene (a huge object by default, ``--object-size``, in the centre of a grey 64² image) it builds three
 prompts that differ only in the shape word (red circle / square / triangle) and three that differ
 only in the colour word (red / green / blue circle). At noise levels σ = 0.9, 0.6, 0.3 it noises the
 latent of the first scene, asks the DiT (EMA weights) for its clean-latent prediction
@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-TEMPLATE = "There is one object on a plain grey background. The {color} {shape} is large and sits in the centre."
+TEMPLATE = "There is one object on a plain grey background. The {color} {shape} is {size} and sits in the centre."
 VARIANTS = {
     "shape": [("red", s) for s in ("circle", "square", "triangle")],
     "colour": [(c, "circle") for c in ("red", "green", "blue")],
 }
 
 
-def _scene(color: str, shape: str) -> dict:
-    obj = {"id": 0, "shape": shape, "color": color, "size": "large", "x": 0.5, "y": 0.5, "cell": [1, 1]}
+def _scene(color: str, shape: str, size: str) -> dict:
+    obj = {"id": 0, "shape": shape, "color": color, "size": size, "x": 0.5, "y": 0.5, "cell": [1, 1]}
     return {"seed": 0, "background": {"kind": "flat", "colors": ["grey"]}, "objects": [obj], "text": None}
 
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="a run folder, a .ckpt or an exported folder")
     ap.add_argument("--draws", type=int, default=8, help="noise draws per σ (default 8)")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    ap.add_argument("--object-size", default="huge", choices=["small", "medium", "large", "huge"],
+                    help="size class of the probe object (default huge, the tiny recipe's world)")
     args = ap.parse_args(argv)
 
     import torch
@@ -58,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{src}: clean-latent prediction spread across prompts (mean of {args.draws} noise draws)")
     with torch.no_grad():
         for kind, variants in VARIANTS.items():
-            lat = [vae.encode(to_tensor(render_scene(_scene(c, s), (args.size, args.size)))[None])[0] for c, s in variants]
+            lat = [vae.encode(to_tensor(render_scene(_scene(c, s, args.object_size), (args.size, args.size)))[None])[0] for c, s in variants]
             h, w = lat[0].shape[-2:]
             true = torch.stack([z.flatten(1).T for z in lat]).float()  # [3, h*w, C]
             true_spread = (true - true.mean(0)).pow(2).mean().sqrt().item()
-            text = te.encode([TEMPLATE.format(color=c, shape=s) for c, s in variants])
+            text = te.encode([TEMPLATE.format(color=c, shape=s, size=args.object_size) for c, s in variants])
             for sigma in (0.9, 0.6, 0.3):
                 spreads = []
                 for _ in range(args.draws):

@@ -35,7 +35,8 @@ def test_pixel_basis_is_orthonormal_area_averaging():
 
 
 @pytest.mark.parametrize("basis", ["dct", "pixels"])
-def test_codec_keeps_the_shapes_of_the_synthetic_world(basis):
+@pytest.mark.parametrize("size", ["large", "huge"])  # huge: the tiny recipe's world
+def test_codec_keeps_the_shapes_of_the_synthetic_world(basis, size):
     """Encode → decode of held-out one-object scenes: the verifier still reads colour, shape and place."""
     import numpy as np
 
@@ -43,7 +44,7 @@ def test_codec_keeps_the_shapes_of_the_synthetic_world(basis):
     from lensforge.data.verifier import verify
 
     world = SyntheticWorld(SyntheticWorld.Config(min_objects=1, max_objects=1, shapes=["circle", "square", "triangle"],
-                                                 sizes=["large"], backgrounds=["flat"]))  # the tiny recipe's world
+                                                 sizes=[size], backgrounds=["flat"]))
     ae = TinyAE(TinyAE.Config(basis=basis)).eval()
     scores = []
     for p in world.eval_prompts(12):
@@ -53,7 +54,7 @@ def test_codec_keeps_the_shapes_of_the_synthetic_world(basis):
         scores.append(verify(((rec.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8), p.scene))
     mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("color", "shape", "position")}
     assert mean["color"] == 1.0 and mean["position"] == 1.0, mean
-    assert mean["shape"] >= 0.8, mean  # measured on 48 scenes: dct 1.00, pixels 0.96
+    assert mean["shape"] >= (0.8 if size == "large" else 0.95), mean  # large, 48 scenes: dct 1.00, pixels 0.96
 
 
 @pytest.mark.parametrize("basis", ["dct", "pixels"])
