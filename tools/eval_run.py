@@ -2,9 +2,10 @@
 
     python tools/eval_run.py runs/tiny_pretrain [--prompts 48] [--steps 20] [--cfg 4] [--size 64x64]
 
-Loads the run's newest checkpoint (EMA weights; a .ckpt or an exported folder works too), draws
-``--prompts`` held-out prompts from the recipe's data source (``eval_prompts``, a namespace the
-training scenes never use), samples one image per prompt (seed = prompt index) and prints the
+Loads the run's newest checkpoint (EMA weights; a .ckpt works too — an exported folder does not,
+it carries no training recipe to say which world to draw from), draws ``--prompts`` held-out
+prompts from the recipe's data source (``eval_prompts``, a namespace the training scenes never use,
+the same prompts validation sampling draws first), samples one image per prompt (seed = prompt index) and prints the
 verifier's per-attribute means plus, for shape, a confusion table of prompted shape → detected shape
 of the matched object. ``--out DIR`` also writes the images, a grid and ``results.json``.
 The validation sampling during training does the same on ``sampling.num_prompts`` prompts; this
@@ -30,7 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", help="a run folder, a .ckpt or an exported folder")
+    ap.add_argument("source", help="a run folder or a .ckpt")
     ap.add_argument("--prompts", type=int, default=48, help="held-out prompts to score (default 48)")
     ap.add_argument("--seed", type=int, default=0, help="eval-prompt seed (default 0, as validation sampling)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's sampling.steps)")
@@ -44,43 +45,40 @@ def main(argv: list[str] | None = None) -> int:
     from lensforge.data.verifier import verify
     from lensforge.errors import LensforgeError
     from lensforge.sampling.sampler import generate, make_grid, save_images
+    from lensforge.stages.callbacks import eval_items, mean_scores
 
     try:
         dit, vae, te, cfg, src = load_models(args.source, ema=not args.raw)
         if getattr(cfg, "data", None) is None:
             raise LensforgeError(f"{args.source} carries no training recipe (an exported folder?): "
                                  "pass a run folder or a .ckpt, so the world of its prompts is known")
-        source = cfg.data.source.build()
-        if not callable(getattr(source, "eval_prompts", None)):
-            raise LensforgeError(f"data source '{cfg.data.source.name}' has no eval_prompts (needs a synthetic world)")
+        items = [it for it in eval_items(cfg, args.prompts, args.seed) if it["scene"] is not None]
+        if not items:
+            raise LensforgeError(f"the recipe's data source '{cfg.data.source.name}' gives no held-out prompts "
+                                 "with scenes to verify (needs a synthetic world and no sampling.prompts)")
     except LensforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    field = cfg.data.captions.field if cfg.data.captions.field in ("dense", "short") else "dense"
-    items = source.eval_prompts(args.prompts, args.seed, field)
-    steps = args.steps or cfg.sampling.steps
+    steps = cfg.sampling.steps if args.steps is None else args.steps
     gs = cfg.sampling.guidance_scale if args.cfg is None else args.cfg
     size = args.size or (cfg.sampling.height, cfg.sampling.width)
     images = []
     batch = 16
     for i in range(0, len(items), batch):
         part = items[i:i + batch]
-        images += generate(dit, vae, te, [p.prompt for p in part], [size] * len(part), steps=steps,
+        images += generate(dit, vae, te, [p["prompt"] for p in part], [size] * len(part), steps=steps,
                            guidance_scale=gs, seeds=list(range(i, i + len(part))), progress=True)
-    attrs: dict[str, list[float]] = {}
     confusion: Counter[tuple[str, str]] = Counter()
     per_sample = []
     for img, it in zip(images, items):
-        res = verify(img, it.scene, return_detections=True)
+        res = verify(img, it["scene"], return_detections=True)
         dets = res.pop("detections")
-        for k, v in res.items():
-            attrs.setdefault(k, []).append(v)
-        want = it.scene["objects"][0]
+        want = it["scene"]["objects"][0]
         near = [d for d in dets if d.color == want["color"]] or dets
         got = max(near, key=lambda d: d.area).shape if near else "(none)"
         confusion[(want["shape"], got)] += 1
-        per_sample.append({"prompt": it.prompt, "scores": res, "detected_shape": got})
-    means = {k: sum(v) / len(v) for k, v in attrs.items()}
+        per_sample.append({"prompt": it["prompt"], "scores": res, "detected_shape": got})
+    means = mean_scores([p["scores"] for p in per_sample])
     print(f"{src}: {len(items)} held-out prompts, {size[0]}x{size[1]}, {steps} steps, CFG {gs:g}, "
           f"{'raw' if args.raw else 'EMA'} weights")
     print("  " + "  ".join(f"{k} {v:.2f}" for k, v in means.items()))

@@ -39,16 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="a run folder, a .ckpt or an exported folder")
     ap.add_argument("--draws", type=int, default=8, help="noise draws per σ (default 8)")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    ap.add_argument("--object-size", default="huge", choices=["small", "medium", "large", "huge"],
-                    help="size class of the probe object (default huge, the tiny recipe's world)")
+    ap.add_argument("--object-size", default="huge",
+                    help="size class of the probe object (synthetic world's SIZES; default huge, the tiny recipe's world)")
     args = ap.parse_args(argv)
 
     import torch
 
     from lensforge.commands._models import load_models
-    from lensforge.data.sources.synthetic import render_scene, to_tensor
+    from lensforge.data.sources.synthetic import SIZES, render_scene, to_tensor
     from lensforge.errors import LensforgeError
     from lensforge.interfaces import PackedBatch
+
+    if args.object_size not in SIZES:
+        print(f"error: --object-size must be one of {', '.join(SIZES)}, got '{args.object_size}'", file=sys.stderr)
+        return 2
 
     try:
         dit, vae, te, _, src = load_models(args.source, ema=True)

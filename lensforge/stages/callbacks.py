@@ -16,23 +16,26 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger("lensforge.sampling")
 
 
-def eval_items(recipe_cfg: Any) -> list[dict[str, Any]]:
+def eval_items(recipe_cfg: Any, num_prompts: int | None = None, seed: int | None = None) -> list[dict[str, Any]]:
     """The validation prompts: ``sampling.prompts`` or the data source's ``eval_prompts`` (with scenes).
 
+    ``num_prompts`` / ``seed`` replace ``sampling.num_prompts`` / ``sampling.seed`` (scoring more
+    held-out prompts after training, ``tools/eval_run.py``).
     Returns ``[{"prompt": str, "scene": dict | None, "key": str}]``.
     """
     sc = recipe_cfg.sampling
+    n = sc.num_prompts if num_prompts is None else num_prompts
     if sc.prompts:
         return [{"prompt": p, "scene": None, "key": f"prompt/{i:03d}"} for i, p in enumerate(sc.prompts)]
     source = recipe_cfg.data.source.build()
     fn = getattr(source, "eval_prompts", None)
-    if not callable(fn) or sc.num_prompts <= 0:
+    if not callable(fn) or n <= 0:
         log.info("validation sampling: no sampling.prompts and data source '%s' has no eval_prompts; sampling off",
                  recipe_cfg.data.source.name)
         return []
     field = recipe_cfg.data.captions.field if recipe_cfg.data.captions.field in ("dense", "short") else "dense"
     items = []
-    for i, ep in enumerate(fn(sc.num_prompts, sc.seed, field)):
+    for i, ep in enumerate(fn(n, sc.seed if seed is None else seed, field)):
         items.append({"prompt": ep.prompt, "scene": getattr(ep, "scene", None), "key": getattr(ep, "key", f"eval/{i}")})
     return items
 
