@@ -122,6 +122,32 @@ def test_eval_prompts_carry_scene_specs_and_are_deterministic():
     assert all(p.short and len(p.short.split()) < 12 for p in eval_prompts(3, caption="short"))
 
 
+def test_tight_word_budget_falls_back_to_a_terse_listing_that_still_names_everything():
+    # tiny CPU recipes spend most of a step on text tokens: dense_words [10, 16] gives one sentence
+    one = world(sizes=["huge"], max_objects=1, backgrounds=["flat"], dense_words=(10, 16))
+    for i in range(100):
+        scene, caps = one.captions(i)
+        (o,) = scene["objects"]
+        dense = caps["dense"]
+        assert dense == (f"A huge {o['color']} {o['shape']} in the {region_name(tuple(o['cell']))} "
+                         f"on a plain {scene['background']['colors'][0]} background."), dense
+        assert 10 <= len(dense.split()) <= 16
+    many = world(min_objects=3, max_objects=3, glyph_prob=0.5, dense_words=(10, 16))
+    for i in range(60):
+        scene, caps = many.captions(i)
+        dense = caps["dense"]
+        for o in scene["objects"]:
+            assert f"{SIZE_WORDS[o['size']][0]} {o['color']} {o['shape']} in the {region_name(tuple(o['cell']))}" in dense
+        if scene["text"]:
+            assert f'"{scene["text"]["word"]}"' in dense
+        for c in scene["background"]["colors"]:
+            assert c in dense
+    # a budget the compact phrasing fits keeps it (the terse listing is only the last resort)
+    _, caps = world(sizes=["huge"], max_objects=1, backgrounds=["flat"], dense_words=(20, 28)).captions(0)
+    assert caps["dense"].startswith("There is one object on a plain")
+    assert dict(SyntheticWorld.check_config(SyntheticWorld.Config(dense_words=(4, 16))))["dense_words"].startswith("need 8")
+
+
 def test_huge_size_class_is_opt_in_fits_every_cell_and_is_verified():
     from lensforge.data.verifier import verify
 
