@@ -3,7 +3,8 @@
     python tools/shape_probe.py runs/tiny_pretrain [--draws 8]
 
 For a one-object synthetic scene (a huge object by default, ``--object-size``, in the centre of a grey 64² image) it builds three
-prompts that differ only in the shape word (red circle / square / triangle) and three that differ
+prompts, written by the synthetic world's own ``dense_caption`` with the run's ``dense_words`` (so
+they read like its training captions), that differ only in the shape word (red circle / square / triangle) and three that differ
 only in the colour word (red / green / blue circle). At noise levels σ = 0.9, 0.6, 0.3 it noises the
 latent of the first scene, asks the DiT (EMA weights) for its clean-latent prediction
 ``x̂0 = x_σ − σ·v`` under each prompt, and prints
@@ -22,7 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-TEMPLATE = "There is one object on a plain grey background. The {color} {shape} is {size} and sits in the centre."
+#: Caption word budget when the source carries no synthetic-world recipe (an exported folder): the tiny recipe's.
+FALLBACK_WORDS = (10, 16)
 VARIANTS = {
     "shape": [("red", s) for s in ("circle", "square", "triangle")],
     "colour": [(c, "circle") for c in ("red", "green", "blue")],
@@ -31,7 +33,18 @@ VARIANTS = {
 
 def _scene(color: str, shape: str, size: str) -> dict:
     obj = {"id": 0, "shape": shape, "color": color, "size": size, "x": 0.5, "y": 0.5, "cell": [1, 1]}
-    return {"seed": 0, "background": {"kind": "flat", "colors": ["grey"]}, "objects": [obj], "text": None}
+    return {"seed": 0, "background": {"kind": "flat", "colors": ["grey"]}, "objects": [obj], "relations": [], "text": None}
+
+
+def _caption_words(recipe_cfg) -> tuple[int, int]:
+    """The ``dense_words`` of the run's synthetic world, so the probe's prompts read like its training captions."""
+    from lensforge.data.sources.synthetic import SyntheticWorld
+
+    try:
+        source = recipe_cfg.data.source.build()
+    except AttributeError:  # no recipe (exported folder) or a recipe without a data source
+        return FALLBACK_WORDS
+    return tuple(source.config.dense_words) if isinstance(source, SyntheticWorld) else FALLBACK_WORDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lensforge.commands._models import load_models
-    from lensforge.data.sources.synthetic import SIZES, render_scene, to_tensor
+    import numpy as np
+
+    from lensforge.data.sources.synthetic import SIZES, dense_caption, render_scene, to_tensor
     from lensforge.errors import LensforgeError
     from lensforge.interfaces import PackedBatch
 
@@ -55,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        dit, vae, te, _, src = load_models(args.source, ema=True)
+        dit, vae, te, recipe_cfg, src = load_models(args.source, ema=True)
+        words = _caption_words(recipe_cfg)
     except LensforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             h, w = lat[0].shape[-2:]
             true = torch.stack([z.flatten(1).T for z in lat]).float()  # [3, h*w, C]
             true_spread = (true - true.mean(0)).pow(2).mean().sqrt().item()
-            text = te.encode([TEMPLATE.format(color=c, shape=s, size=args.object_size) for c, s in variants])
+            # the world's own caption writer, same phrasing draw for every variant: only the word differs
+            prompts = [dense_caption(_scene(c, s, args.object_size), np.random.default_rng(0), *words) for c, s in variants]
+            if kind == "shape":
+                print(f"  prompt: {prompts[0]!r}")
+            text = te.encode(prompts)
             for sigma in (0.9, 0.6, 0.3):
                 spreads = []
                 for _ in range(args.draws):

@@ -524,7 +524,8 @@ class SyntheticWorld(DataSource):
         glyph_prob: float = 0.0
         """Probability that a scene also shows a short capital-letter word (glyph text)."""
         dense_words: tuple[int, int] = (80, 120)
-        """Word-count range of the dense caption."""
+        """Word-count range of the dense caption (min ≥ 8). A range too small for the usual sentences
+        gets a compact phrasing, then a one-sentence listing of the objects and the background."""
 
     def __init__(self, config: Config):
         super().__init__(config)
