@@ -184,7 +184,7 @@ def bench_framework(repeats: int, quick: bool) -> Result:
     from lensforge.recipe import load_recipe
     from lensforge.stages import pretrain as pretrain_mod
     from lensforge.stages.ema import ema_decay_at, ema_update_
-    from lensforge.stages.runner import build_datamodule, build_dit
+    from lensforge.data import build_datamodule
 
     steps = 30 if quick else 80
     skip = 10  # warm-up steps excluded from both medians (memo fills, allocator warm-up)
@@ -198,14 +198,13 @@ def bench_framework(repeats: int, quick: bool) -> Result:
         """The hand-written loop: same recipe, model init, data order, encoders, loss, AdamW, clipping, EMA."""
         cfg = recipe.config
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        dit = build_dit(cfg)
-        vae, te = cfg.model.vae.build(), cfg.model.text_encoder.build()
-        stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=vae, text_encoder=te)
+        stage = cfg.stage.cls.build(recipe)
+        dit, vae = stage.dit, stage.vae
         params = [p for p in dit.parameters() if p.requires_grad]
         oc = cfg.optim
         opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
                                 foreach=True)  # as the stage does on the CPU
-        dm = build_datamodule(cfg, downsample=int(vae.downsample_factor))
+        dm = build_datamodule(cfg.data, downsample=int(vae.downsample_factor), seed=cfg.seed)
         dm.setup("fit")
         loader = iter(dm.train_dataloader())
         loop_dt = []
@@ -223,7 +222,7 @@ def bench_framework(repeats: int, quick: bool) -> Result:
             if cfg.trainer.gradient_clip_val:
                 torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
             opt.step()
-            if stage.ema_dit is not None:
+            if getattr(stage, "ema_dit", None) is not None:
                 ema_update_(stage.ema_dit, dit, ema_decay_at(i, stage.config.ema_decay, stage.config.ema_warmup))
         return loop_dt
 
@@ -352,12 +351,9 @@ def bench_data(repeats: int, quick: bool) -> Result:
     # the training step's consumption (samples/s) on the same recipe: a few real steps
     import lightning as L
 
-    from lensforge.stages.runner import build_dit
-
     L.seed_everything(0, verbose=False)
-    dit = build_dit(cfg)
-    stage = cfg.stage.cls(cfg.stage.config, recipe=recipe, dit=dit, vae=cfg.model.vae.build(),
-                          text_encoder=cfg.model.text_encoder.build())
+    stage = cfg.stage.cls.build(recipe)
+    dit = stage.dit
     opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
     dm = build_datamodule(cfg.data, downsample=16, seed=0)
     dm.setup("fit")

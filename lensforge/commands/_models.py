@@ -12,15 +12,6 @@ from lensforge.errors import LensforgeError
 log = logging.getLogger("lensforge.commands")
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoints/step-*.ckpt`` of a run folder (or of a checkpoints folder)."""
-    for d in (run_dir / "checkpoints", run_dir):
-        cands = sorted(d.glob("step-*.ckpt")) if d.is_dir() else []
-        if cands:
-            return cands[-1]
-    return None
-
-
 def load_models(source: str, *, ema: bool = True, overrides: dict[str, dict[str, Any]] | None = None):
     """``(dit, vae, text_encoder, recipe_config or None, resolved source path)``.
 
@@ -37,14 +28,15 @@ def load_models(source: str, *, ema: bool = True, overrides: dict[str, dict[str,
         recipe_cfg = _recipe_of_folder(p)
         log.info("loaded exported folder %s", p)
         return dit, vae, te, recipe_cfg, p
-    if p.is_dir():
-        ckpt = newest_checkpoint(p)
-        if ckpt is None:
-            raise LensforgeError(f"'{source}' holds no model_index.json and no checkpoints/step-*.ckpt")
-        p = ckpt
-    from lensforge.stages.pretrain import load_models_from_checkpoint
+    from lensforge.stages.checkpoint_io import find_checkpoint, load_models_from_checkpoint
 
-    dit, vae, te, recipe_cfg = load_models_from_checkpoint(str(p), ema=ema, map_location="cpu")
+    try:
+        p = find_checkpoint(p)
+    except LensforgeError:
+        if p.is_dir():
+            raise LensforgeError(f"'{source}' holds no model_index.json and no checkpoints/step-*.ckpt") from None
+        raise
+    dit, vae, te, recipe_cfg = load_models_from_checkpoint(p, ema=ema, map_location="cpu")
     if overrides and overrides.get("dit"):
         log.info("overrides for checkpoint models are not applied: %s", overrides)
     log.info("loaded checkpoint %s (%s weights)", p, "EMA" if ema else "trained")

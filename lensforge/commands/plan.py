@@ -47,6 +47,8 @@ from typing import Any
 import torch
 
 from lensforge.commands import add_recipe_arguments
+from lensforge.distributed.env import planned_world_size
+from lensforge.distributed.memory import bytes_per_param, is_low_precision, stage_keeps_ema, training_state_bytes
 
 log = logging.getLogger("lensforge.plan")
 
@@ -292,36 +294,6 @@ class MemoryPlan:
         return all(v is not None for v in self.items.values())
 
 
-def _has_ema(stage_config: Any) -> bool:
-    """Whether the stage keeps an EMA of the DiT (any truthy ``ema*`` field of its config)."""
-    if stage_config is None or not dataclasses.is_dataclass(stage_config):
-        return False
-    for f in dataclasses.fields(stage_config):
-        if "ema" in f.name.lower():
-            v = getattr(stage_config, f.name)
-            if dataclasses.is_dataclass(v):
-                return _has_ema(v) or any(
-                    bool(getattr(v, g.name)) for g in dataclasses.fields(v) if g.name in ("enabled", "decay")
-                )
-            if isinstance(v, bool):
-                if v:
-                    return True
-            elif isinstance(v, (int, float)) and v > 0:
-                return True
-    return False
-
-
-def _world_size(trainer: Any) -> tuple[int, str]:
-    devices = trainer.devices
-    if isinstance(devices, str):
-        try:
-            devices = int(devices)
-        except ValueError:
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 1
-            return n * trainer.num_nodes, f"devices={trainer.devices!r} taken as {n} (devices visible here)"
-    return int(devices) * int(trainer.num_nodes), ""
-
-
 def make_plan(recipe: Any) -> dict[str, Any]:
     """Everything ``lensforge plan`` prints, as plain data."""
     cfg = recipe.config
@@ -331,15 +303,15 @@ def make_plan(recipe: Any) -> dict[str, Any]:
     te_count, _ = count_component("text_encoder", m.text_encoder, trainable=False)
 
     tr = cfg.trainer
-    world, world_note = _world_size(tr)
+    world, world_note = planned_world_size(tr)
     strategy = tr.strategy
     if strategy == "auto":
         strategy = "ddp" if world > 1 else "single"
     shard = world if strategy == "fsdp2" else 1
     precision = str(tr.precision)
-    low = any(s in precision for s in ("bf16", "16-"))
+    low = is_low_precision(precision)
     b_c = 2 if low else 4
-    b_p = 2 if precision.endswith("-true") and low else 4
+    b_p = bytes_per_param(precision)
     ac = bool(tr.activation_checkpointing or getattr(m.dit.config, "activation_checkpointing", False))
 
     plan = MemoryPlan(strategy, world, shard, precision, ac)
@@ -348,11 +320,8 @@ def make_plan(recipe: Any) -> dict[str, Any]:
     N = dit_count.count
     if N is None:
         raise _error(f"cannot count the DiT's parameters: {dit_count.note}")
-    plan.items["weights"] = N * b_p // shard
-    plan.items["gradients"] = N * b_p // shard
-    plan.items["optimizer state (AdamW fp32 ×2)"] = 8 * N // shard
-    if _has_ema(getattr(cfg.stage, "config", None)):
-        plan.items["EMA (fp32)"] = 4 * N // shard
+    plan.items.update(training_state_bytes(N, precision=precision, shard=shard,
+                                           ema=stage_keeps_ema(getattr(cfg.stage, "config", None))))
     if strategy == "fsdp2":
         plan.items["fsdp2 gathered units"] = 3 * dit_count.largest_unit * b_c
     elif strategy == "ddp":

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="DiT dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--official-rounding", action="store_true",
+                   help="reproduce the official Lens pipeline's low-precision rounding bit for bit (bf16 timesteps as "
+                        "bf16(σ·1000)/1000, latents and CFG in the model dtype); default: float32 latents and CFG")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         images += generate(
             dit, vae, te, [p for p, _ in chunk], [(height, width)] * len(chunk), steps=steps,
             guidance_scale=guidance, negative_prompt=args.negative_prompt, seeds=[s for _, s in chunk],
-            progress=progress and bar is None,
+            progress=progress and bar is None, official_rounding=args.official_rounding,
         )
         if bar is not None:
             bar.update(len(chunk))
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         make_grid(images).save(out / "grid.png")
     meta = {
         "source": str(src), "height": height, "width": width, "steps": steps, "guidance_scale": guidance,
-        "negative_prompt": args.negative_prompt, "ema": not args.no_ema,
+        "negative_prompt": args.negative_prompt, "ema": not args.no_ema, "official_rounding": args.official_rounding,
         "images": [{"file": p.name, "prompt": pr, "seed": s} for p, (pr, s) in zip(paths, jobs)],
     }
     (out / "samples.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

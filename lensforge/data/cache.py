@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from lensforge.errors import LensforgeError
+from lensforge.fileio import atomic_path, atomic_write_text
 from lensforge.interfaces.batch import TextFeatures
 
 log = logging.getLogger("lensforge.data.cache")
@@ -320,9 +321,8 @@ class FeatureCacheWriter:
             return
         n = sum(1 for s in self.shards if s["file"].startswith(kind + "-"))
         file = f"{kind}-{n:05d}.safetensors"
-        tmp = self.root / f".{file}.tmp"
-        save_file(self._pending[kind], str(tmp), metadata={"format": "pt", "lensforge_cache": kind})
-        tmp.replace(self.root / file)
+        with atomic_path(self.root / file) as tmp:
+            save_file(self._pending[kind], str(tmp), metadata={"format": "pt", "lensforge_cache": kind})
         self.shards.append({"file": file, "bytes": (self.root / file).stat().st_size, "sha256": _sha256_file(self.root / file)})
         for k, entry in self._pending_index[kind].items():
             entry[0] = file
@@ -357,9 +357,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,10 +59,10 @@ class _Item:
 
 
 def dist_rank_world() -> tuple[int, int]:
-    """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``(0, 1)``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    """``(rank, world_size)`` of this process (:func:`lensforge.distributed.env.rank_world`)."""
+    from lensforge.distributed.env import rank_world
+
+    return rank_world()
 
 
 class PackedStream(IterableDataset):

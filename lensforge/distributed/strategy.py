@@ -24,13 +24,9 @@ log = logging.getLogger("lensforge.distributed")
 
 def world_size(trainer_cfg: Any) -> int | None:
     """Devices × nodes when ``devices`` is an int (None for ``auto``)."""
-    d = trainer_cfg.devices
-    if isinstance(d, str):
-        if d.isdigit():
-            d = int(d)
-        else:
-            return None
-    return int(d) * int(trainer_cfg.num_nodes)
+    from lensforge.distributed.env import planned_world_size
+
+    return planned_world_size(trainer_cfg, auto_counts_cuda=False)[0]
 
 
 def build_strategy(trainer_cfg: Any) -> Any:

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 
 from lensforge.errors import LensforgeError
+from lensforge.stages.checkpoint_io import (
+    find_checkpoint, is_sharded_checkpoint, read_checkpoint, role_weights, stored_frozen,
+)
 from lensforge.export.common import (
     FOLDERS,
     LENSFORGE_JSON,
@@ -191,12 +194,20 @@ def load_folder(
     return dit, vae, te
 
 
+def latest_checkpoint_in(run_dir: Path) -> bool:
+    """Whether ``run_dir`` (a run folder or a checkpoints folder) holds a checkpoint."""
+    from lensforge.stages.checkpoint_io import latest_checkpoint
+
+    return latest_checkpoint(run_dir / "checkpoints") is not None or latest_checkpoint(run_dir) is not None
+
+
 def init_from_path(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """Weights to initialise a stage from: ``{"dit": state_dict, …}`` (CPU tensors).
 
     Accepts
 
-    * a lensforge checkpoint (``.ckpt``): the EMA DiT weights when the checkpoint has them, else the
+    * a lensforge checkpoint (``.ckpt``, a sharded folder, or a run folder — its newest checkpoint),
+      read safely (:mod:`lensforge.stages.checkpoint_io`): the EMA DiT weights when the checkpoint has them, else the
       trained ones, read from its state dict without building anything (plus the frozen
       VAE/text-encoder weights when the checkpoint stored them);
     * an exported folder or an official Lens folder: ``transformer/`` read directly from its
@@ -208,21 +219,15 @@ def init_from_path(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     p = Path(path)
     if not p.exists():
         raise LensforgeError(f"init_from: '{p}' does not exist")
-    if p.is_file() or (p.is_dir() and (p / ".metadata").exists()):
-        # a checkpoint (file or sharded folder): read the state dict only, build nothing
-        from lensforge.stages.pretrain import _read_checkpoint
-
-        sd = _read_checkpoint(p, "cpu").get("state_dict") or {}
-        out: dict[str, dict[str, torch.Tensor]] = {}
-        prefix = "ema_dit." if any(k.startswith("ema_dit.") for k in sd) else "dit."
-        out["dit"] = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not out["dit"]:
-            raise LensforgeError(f"init_from: checkpoint '{p}' holds no DiT weights")
-        for role in ("vae", "text_encoder"):
-            part = {k[len(role) + 1:]: v for k, v in sd.items() if k.startswith(role + ".")}
-            if part:
-                out[role] = part
-        log.info("init_from %s: checkpoint %s weights (%d DiT tensors)", p, "EMA" if prefix == "ema_dit." else "trained", len(out["dit"]))
+    if p.is_file() or is_sharded_checkpoint(p) or (p.is_dir() and not is_export_folder(p) and latest_checkpoint_in(p)):
+        # a checkpoint (file, sharded folder, or a run folder's newest): read the state dict only, build nothing
+        ckpt_path = find_checkpoint(p)
+        ckpt = read_checkpoint(ckpt_path, "cpu")
+        dit, used_ema = role_weights(ckpt, "dit", ema=True)
+        if not dit:
+            raise LensforgeError(f"init_from: checkpoint '{ckpt_path}' holds no DiT weights")
+        out: dict[str, dict[str, torch.Tensor]] = {"dit": dit, **stored_frozen(ckpt)}
+        log.info("init_from %s: checkpoint %s weights (%d DiT tensors)", ckpt_path, "EMA" if used_ema else "trained", len(dit))
         return out
     if not is_export_folder(p):
         raise LensforgeError(f"init_from: '{p}' is neither a checkpoint file nor a diffusers folder (no model_index.json)")

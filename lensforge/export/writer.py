@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lensforge.errors import LensforgeError
+from lensforge.fileio import atomic_path
 from lensforge.export.common import (
     FOLDERS,
     LENSFORGE_JSON,
@@ -79,9 +80,8 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], folder: Path, *, max_sh
             t = t.clone() if key in seen or not t.is_contiguous() else t
             seen.add(key)
             shard[n] = t
-        tmp = folder / f".{filename}.tmp"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        tmp.replace(folder / filename)
+        with atomic_path(folder / filename) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
     if split.is_sharded:
         write_json(folder / WEIGHTS_INDEX_NAME, {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state_dict.values())},

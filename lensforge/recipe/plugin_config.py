@@ -6,6 +6,12 @@ stopping at the first. Supported annotations: ``int``, ``float``, ``bool``, ``st
 ``X | None``/``Optional[X]``, ``Union``, ``Literal[...]``, ``list[X]``, ``tuple[X, ...]``,
 ``tuple[X, Y]``, ``dict[str, X]``, nested dataclasses and plugin references
 (:func:`plugin_field`).
+
+Numeric ranges live in the schema itself: ``Annotated[float, Range(gt=0)]`` (or the shorthands
+:data:`Positive`, :data:`NonNegative` …). A value outside its range is reported like any other
+problem (``file -> optim.lr: must be > 0, got -1.0``), so ``lensforge validate`` catches it
+before anything is built. Ranges apply inside lists and tuples too
+(``tuple[Annotated[float, Range(ge=0, lt=1)], ...]``).
 """
 
 from __future__ import annotations
@@ -19,11 +25,47 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from lensforge.errors import LensforgeError, PluginError, Problem, RecipeError
 
 MISSING_VALUE = "???"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric field: ``Annotated[float, Range(ge=0, lt=1)]``."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def violation(self, value: Any) -> str | None:
+        """Why ``value`` is outside the range (None when inside)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        if value != value:  # NaN
+            return f"must be {self}, got NaN"
+        for bound, ok, op in ((self.ge, lambda b: value >= b, ">="), (self.gt, lambda b: value > b, ">"),
+                              (self.le, lambda b: value <= b, "<="), (self.lt, lambda b: value < b, "<")):
+            if bound is not None and not ok(bound):
+                return f"must be {self}, got {value}"
+        return None
+
+    def __str__(self) -> str:
+        parts = [f"{op} {b:g}" for b, op in ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<"))
+                 if b is not None]
+        return " and ".join(parts) or "any number"
+
+
+#: Common ranges as ready-made annotations.
+PositiveInt = Annotated[int, Range(gt=0)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+Decay = Annotated[float, Range(ge=0, lt=1)]
 
 
 @dataclass
@@ -43,9 +85,14 @@ class PluginRef:
         return {"name": self.name, **config_to_dict(self.config)}
 
 
-def plugin_field(kind: str, default: dict[str, Any] | None = None, doc: str = "") -> Any:
-    """Declare a schema field holding a plugin node ``{name: …, **params}`` of ``kind``."""
-    md = {"plugin_kind": kind, "doc": doc}
+def plugin_field(kind: str, default: dict[str, Any] | None = None, doc: str = "", *, optional: bool = False) -> Any:
+    """Declare a schema field holding a plugin node ``{name: …, **params}`` of ``kind``.
+
+    ``optional``: the field may be left out or ``null`` (its value is then None).
+    """
+    md = {"plugin_kind": kind, "doc": doc, "optional": optional}
+    if optional:
+        return dataclasses.field(default=None, metadata=md)
     if default is None:
         return dataclasses.field(metadata=md)
     return dataclasses.field(default_factory=lambda: dict(default), metadata=md)
@@ -90,6 +137,10 @@ def build_config(cls: type, params: dict[str, Any], *, file: str | None = None, 
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        inner, *extra = typing.get_args(tp)
+        ranges = [str(r) for r in extra if isinstance(r, Range)]
+        return _type_name(inner) + (f" ({', '.join(ranges)})" if ranges else "")
     if tp is type(None):
         return "null"
     if isinstance(tp, type):
@@ -99,7 +150,7 @@ def _type_name(tp: Any) -> str:
 
 def _resolve_hints(cls: type) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(cls, include_extras=False)
+        return typing.get_type_hints(cls, include_extras=True)
     except Exception as e:  # a forward reference we cannot resolve
         raise PluginError(f"cannot read the type annotations of {cls.__module__}.{cls.__qualname__}: {e}") from e
 
@@ -153,7 +204,9 @@ def validate_dataclass(
             continue
         kind = f.metadata.get("plugin_kind") if f.metadata else None
         n_before = len(problems)
-        if kind:
+        if kind and value is None and f.metadata.get("optional"):
+            built = None
+        elif kind:
             built = validate_plugin_node(kind, value, where, problems, origin)
         else:
             built = check_value(hints.get(name, Any), value, where, problems, origin)
@@ -214,6 +267,17 @@ def check_value(tp: Any, value: Any, where: str, problems: list[Problem], origin
     """Check (and lightly coerce: int→float, list→tuple) ``value`` against annotation ``tp``."""
     if tp is Any or tp is object:
         return value
+    if typing.get_origin(tp) is Annotated:
+        inner, *extra = typing.get_args(tp)
+        n_before = len(problems)
+        out = check_value(inner, value, where, problems, origin)
+        if len(problems) == n_before:
+            for r in extra:
+                why = r.violation(out) if isinstance(r, Range) else None
+                if why:
+                    problems.append(Problem(where, why, origin(where)))
+                    return None
+        return out
     if isinstance(value, str) and value == MISSING_VALUE:
         problems.append(Problem(where, "missing required value (???)", origin(where)))
         return None

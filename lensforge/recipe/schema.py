@@ -15,10 +15,23 @@ Section dataclasses live next to the code that uses them where that code owns th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from lensforge.data.config import DataConfig
-from lensforge.recipe.plugin_config import PluginRef, plugin_field
+from lensforge.recipe.plugin_config import (
+    Decay, Fraction, NonNegativeFloat, NonNegativeInt, PluginRef, PositiveFloat, PositiveInt, Range, plugin_field,
+)
+
+
+@dataclass(kw_only=True)
+class RoleConfig:
+    """Where an extra DiT role of a stage (``reference``, ``teacher``, ``critic`` …) comes from."""
+
+    init_from: str | None = None
+    """Weights for this role: a checkpoint, a run folder, an exported or official Lens folder (None = the
+    stage's default for the role, usually the run's ``init_from``)."""
+    dit: PluginRef | None = plugin_field("dit", optional=True)
+    """A different DiT plugin node for this role (None = the same as ``model.dit``)."""
 
 
 @dataclass(kw_only=True)
@@ -31,49 +44,65 @@ class ModelConfig:
     """Image ↔ latent autoencoder (``flux2``, ``tiny_ae`` …)."""
     text_encoder: PluginRef = plugin_field("text_encoder")
     """Frozen prompt encoder (``gpt_oss``, ``hf_encoder`` …)."""
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+    """Extra DiT roles the stage uses besides ``dit`` (e.g. ``reference`` for RL, ``teacher``/``critic`` for
+    distillation), each optionally with its own ``init_from`` or DiT node; which roles exist and whether each
+    is trained, frozen, EMA'd or saved is the stage's declaration (``lensforge plugins stage NAME``)."""
+
+
+@dataclass(kw_only=True)
+class RoleOptimConfig:
+    """Optimizer settings of one trained role that differ from the ``optim`` section's."""
+
+    lr: PositiveFloat | None = None
+    """Peak learning rate of this role (None = ``optim.lr``)."""
+    weight_decay: NonNegativeFloat | None = None
+    """Weight decay of this role (None = ``optim.weight_decay``)."""
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
     """AdamW with linear warmup and a decay schedule."""
 
-    lr: float = 1e-4
+    lr: PositiveFloat = 1e-4
     """Peak learning rate."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Decay, Decay] = (0.9, 0.999)
     """AdamW betas."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     """AdamW decoupled weight decay."""
-    eps: float = 1e-8
+    eps: PositiveFloat = 1e-8
     """AdamW epsilon."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegativeInt = 0
     """Linear warmup steps."""
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
     """Decay after warmup."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: Fraction = 0.1
     """Final LR as a fraction of ``lr`` (cosine/linear)."""
+    roles: dict[str, RoleOptimConfig] = field(default_factory=dict)
+    """Per trained role overrides (``critic: {lr: 2e-5}``); roles not listed use the values above."""
 
 
 @dataclass(kw_only=True)
 class TrainerConfig:
     """Lightning Trainer settings."""
 
-    max_steps: int = 1000
+    max_steps: PositiveInt = 1000
     """Optimizer steps to train for."""
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     """Device type."""
-    devices: int | str = 1
+    devices: PositiveInt | str = 1
     """Devices per node (an int or ``auto``)."""
-    num_nodes: int = 1
+    num_nodes: PositiveInt = 1
     """Nodes (multi-node runs through torchrun/SLURM)."""
     strategy: Literal["auto", "single", "ddp", "fsdp2"] = "auto"
     """``fsdp2`` = FSDP2 ``fully_shard`` through Lightning's ModelParallelStrategy."""
     precision: str = "32-true"
     """Lightning precision (``bf16-mixed`` on GPU)."""
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: PositiveInt = 1
     """Gradient accumulation."""
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: PositiveFloat | None = 1.0
     """Clip the global gradient norm (None = off)."""
-    log_every_n_steps: int = 10
+    log_every_n_steps: PositiveInt = 10
     """Metric logging interval."""
     activation_checkpointing: bool = False
     """Recompute each DiT block in the backward pass."""
@@ -89,9 +118,9 @@ class TrainerConfig:
 class CheckpointConfig:
     """Periodic, atomic checkpoints with keep-last-k."""
 
-    every_n_steps: int = 500
+    every_n_steps: NonNegativeInt = 500
     """Save every N optimizer steps (and at the end)."""
-    keep_last: int = 3
+    keep_last: PositiveInt = 3
     """How many recent checkpoints to keep."""
     dir: str | None = None
     """Folder (default ``<output_dir>/checkpoints``)."""
@@ -115,19 +144,19 @@ class TrackingConfig:
 class SamplingConfig:
     """Validation sampling during training (and the defaults of ``lensforge sample``)."""
 
-    every_n_steps: int = 0
+    every_n_steps: NonNegativeInt = 0
     """Sample a grid every N steps (0 = only at the end)."""
     prompts: list[str] = field(default_factory=list)
     """Prompts to sample (empty = the data source's evaluation prompts)."""
-    num_prompts: int = 8
+    num_prompts: NonNegativeInt = 8
     """How many evaluation prompts to take when ``prompts`` is empty."""
-    steps: int = 20
+    steps: PositiveInt = 20
     """Sampler steps."""
-    guidance_scale: float = 4.0
+    guidance_scale: NonNegativeFloat = 4.0
     """Classifier-free guidance scale (norm-rescaled, as Lens)."""
-    height: int = 256
+    height: PositiveInt = 256
     """Sample height in pixels."""
-    width: int = 256
+    width: PositiveInt = 256
     """Sample width in pixels."""
     seed: int = 0
     """Sampling seed."""

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lensforge.errors import LensforgeError
+from lensforge.fileio import atomic_path
 from lensforge.interfaces import PackedBatch, TextFeatures
 from lensforge.sampling.schedule import lens_sigmas
 
@@ -34,13 +35,15 @@ def empty_text_like(text: TextFeatures, num_samples: int) -> TextFeatures:
     )
 
 
-def cfg_rescale(cond: Tensor, uncond: Tensor, guidance_scale: float) -> Tensor:
+def cfg_rescale(cond: Tensor, uncond: Tensor, guidance_scale: float, *, dtype: torch.dtype | None = torch.float32) -> Tensor:
     """Norm-rescaled CFG per token: ``comb = u + g(c − u)``, ``v = comb · ‖c‖ / ‖comb‖``.
 
-    Norms are L2 over the channel (last) axis; where ``‖comb‖ = 0`` the scale is 1.
+    Norms are L2 over the channel (last) axis; where ``‖comb‖ = 0`` the scale is 1. Computed in
+    ``dtype`` (float32 by default; ``None`` = the inputs' dtype, as the official pipeline does).
     """
-    c = cond.float()
-    comb = uncond.float() + guidance_scale * (c - uncond.float())
+    c = cond if dtype is None else cond.to(dtype)
+    u = uncond if dtype is None else uncond.to(dtype)
+    comb = u + guidance_scale * (c - u)
     n_comb = comb.norm(dim=-1, keepdim=True)
     n_cond = c.norm(dim=-1, keepdim=True)
     scale = torch.where(n_comb > 0, n_cond / n_comb.clamp_min(1e-12), torch.ones_like(n_comb))
@@ -61,6 +64,77 @@ def _progress(it: Any, enabled: bool, total: int) -> Any:
     return tqdm(it, total=total, desc="sampling", leave=False)
 
 
+def model_timesteps(sigmas: Tensor, dtype: torch.dtype, *, official_rounding: bool = False) -> Tensor:
+    """The σ values the DiT receives, in its dtype.
+
+    Default: ``σ`` cast to ``dtype``. With ``official_rounding`` the official pipeline's rounding:
+    it casts ``t = σ·1000`` (the scheduler's timesteps, float32) to the model dtype and then divides
+    by 1000 in that dtype — in bf16 this differs from rounding σ directly on some steps.
+    """
+    if official_rounding:
+        return (sigmas.float() * 1000.0).to(dtype) / 1000
+    return sigmas.to(dtype)
+
+
+def guided_velocity(
+    dit: torch.nn.Module,
+    x_tok: Tensor,
+    shapes: list[tuple[int, int]],
+    sigmas: Tensor,
+    text: TextFeatures,
+    *,
+    guidance_scale: float = 1.0,
+    negative: TextFeatures | None = None,
+    official_rounding: bool = False,
+) -> Tensor:
+    """The (norm-rescaled CFG) velocity of a packed batch at per-sample noise levels ``sigmas`` ``[B]``.
+
+    One DiT forward: with CFG the conditional and unconditional branches of every sample are packed
+    into the same call (conditional first). ``negative=None`` is Lens's empty negative (zero text
+    tokens). Returns float32 ``[N_tok, C]`` (in the model dtype with ``official_rounding``, as the
+    official pipeline keeps it).
+
+    ``guidance_scale == 1`` skips the unconditional branch (``comb = cond``), except with
+    ``official_rounding``, which runs it as the official pipeline does (in bf16 ``u + 1·(c − u)`` is
+    not exactly ``c``).
+    """
+    B = len(shapes)
+    dtype, device = _model_dtype_device(dit)
+    t = model_timesteps(sigmas.to(device), dtype, official_rounding=official_rounding)
+    text = text.to(device=device, dtype=dtype)
+    x_in = x_tok.to(device=device, dtype=dtype)
+    if guidance_scale == 1.0 and not official_rounding:
+        pb = PackedBatch(img_tokens=x_in, img_shapes=torch.as_tensor(list(shapes), dtype=torch.long), sigmas=t, text=text)
+        return dit(pb).float()
+    neg = empty_text_like(text, B) if negative is None else negative.to(device=device, dtype=dtype)
+    if neg.num_samples != B:
+        raise LensforgeError(f"guided_velocity: {neg.num_samples} negative samples for {B} shapes")
+    pb = PackedBatch(
+        img_tokens=torch.cat([x_in, x_in], 0),
+        img_shapes=torch.as_tensor(list(shapes) + list(shapes), dtype=torch.long),
+        sigmas=torch.cat([t, t]),
+        text=TextFeatures.cat([text, neg]),
+    )
+    out = dit(pb)
+    n_tok = x_in.shape[0]
+    return cfg_rescale(out[:n_tok], out[n_tok:], guidance_scale, dtype=None if official_rounding else torch.float32)
+
+
+def euler_step(x_tok: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, lens: Tensor, *,
+               official_rounding: bool = False) -> Tensor:
+    """One Euler step of the flow ODE, ``x ← x + (σ' − σ)·v``, each sample with its own ``σ → σ'``.
+
+    Computed in float32. With ``official_rounding`` as diffusers' ``FlowMatchEulerDiscreteScheduler.step``
+    computes it for a bf16 model: ``dt`` (a 0-dim float32 tensor there) is rounded to ``v``'s dtype and
+    multiplied in that dtype, the product is added to the float32 latents, and the sum is cast back to
+    ``v``'s dtype (latents stay in the model dtype between steps). Otherwise everything stays float32.
+    """
+    dt = torch.repeat_interleave((sigma_next - sigma).float(), lens.to(sigma.device))[:, None].to(x_tok.device)
+    if official_rounding:
+        return (x_tok.float() + dt.to(v.dtype) * v).to(v.dtype)
+    return x_tok.float() + dt * v.float()
+
+
 @torch.no_grad()
 def sample_latents(
     dit: torch.nn.Module,
@@ -73,6 +147,7 @@ def sample_latents(
     generator: torch.Generator | None = None,
     noise: list[Tensor] | None = None,
     progress: bool = False,
+    official_rounding: bool = False,
 ) -> list[Tensor]:
     """Integrate the flow ODE from noise to latents for a packed batch of samples.
 
@@ -87,6 +162,10 @@ def sample_latents(
         generator: draws the initial noise (CPU) when ``noise`` is not given.
         noise: per-sample initial noise, each ``[h*w, C]`` (packed token layout) or ``[C, h, w]``.
         progress: show a progress bar.
+        official_rounding: reproduce the official Lens pipeline's low-precision rounding exactly
+            (timesteps rounded as ``t = σ·1000`` in the model dtype then ``/1000``; latents kept in the
+            model dtype between steps; CFG in the model dtype, also at scale 1). Default off: σ rounded
+            directly, float32 latents and CFG — more accurate in bf16. Identical in float32.
 
     Returns:
         Per-sample latents ``[C, h, w]`` (float32).
@@ -102,53 +181,32 @@ def sample_latents(
     channels = _latent_channels(dit, noise)
     lens = [int(h) * int(w) for h, w in shapes]
     if noise is None:
-        noise = [torch.randn(L, channels, generator=generator, dtype=torch.float32) for L in lens]
+        noise = [torch.randn(L, channels, generator=generator, dtype=dtype if official_rounding else torch.float32)
+                 for L in lens]
     x = []
     for i, n in enumerate(noise):
-        n = n.float()
+        n = n.to(dtype) if official_rounding else n.float()
         if n.dim() == 3:  # [C, h, w] -> [h*w, C]
             n = n.flatten(1).T
         if n.shape != (lens[i], channels):
             raise LensforgeError(f"sample_latents: noise {i} has shape {tuple(n.shape)}, expected [{lens[i]}, {channels}]")
         x.append(n)
     x_tok = torch.cat(x, 0).to(device)
-    schedules = torch.stack([lens_sigmas(steps, L) for L in lens], 1).to(device)  # [steps+1, B]
-    use_cfg = guidance_scale != 1.0
-    text = text.to(device=device, dtype=dtype)
-    if use_cfg:
-        neg = empty_text_like(text, B) if negative is None else negative.to(device=device, dtype=dtype)
-        if neg.num_samples != B:
-            raise LensforgeError(f"sample_latents: {neg.num_samples} negative samples for {B} shapes")
-        both_text = TextFeatures.cat([text, neg])
-        both_shapes = list(shapes) + list(shapes)
+    schedules = torch.stack([lens_sigmas(steps, L, as_diffusers=official_rounding) for L in lens], 1).to(device)  # [steps+1, B]
+    if negative is not None and negative.num_samples != B:
+        raise LensforgeError(f"sample_latents: {negative.num_samples} negative samples for {B} shapes")
     lengths = torch.as_tensor(lens, device=device)
     was_training = dit.training
     dit.eval()
     try:
         for i in _progress(range(steps), progress, steps):
             s, s_next = schedules[i], schedules[i + 1]
-            if use_cfg:
-                pb = PackedBatch(
-                    img_tokens=torch.cat([x_tok, x_tok], 0).to(dtype),
-                    img_shapes=torch.as_tensor(both_shapes, dtype=torch.long),
-                    sigmas=torch.cat([s, s]).to(dtype),
-                    text=both_text,
-                )
-                out = dit(pb)
-                n_tok = x_tok.shape[0]
-                v = cfg_rescale(out[:n_tok], out[n_tok:], guidance_scale)
-            else:
-                pb = PackedBatch(
-                    img_tokens=x_tok.to(dtype),
-                    img_shapes=torch.as_tensor(list(shapes), dtype=torch.long),
-                    sigmas=s.to(dtype),
-                    text=text,
-                )
-                v = dit(pb).float()
-            dt = torch.repeat_interleave(s_next - s, lengths)[:, None]
-            x_tok = x_tok + dt * v
+            v = guided_velocity(dit, x_tok, shapes, s, text, guidance_scale=guidance_scale, negative=negative,
+                                official_rounding=official_rounding)
+            x_tok = euler_step(x_tok, v, s, s_next, lengths, official_rounding=official_rounding)
     finally:
         dit.train(was_training)
+    x_tok = x_tok.float()
     out_lat = []
     for (h, w), t in zip(shapes, torch.split(x_tok, lens, 0)):
         out_lat.append(t.T.reshape(channels, int(h), int(w)).contiguous())
@@ -183,6 +241,7 @@ def generate(
     negative_prompt: str = "",
     seeds: list[int] | None = None,
     progress: bool = False,
+    official_rounding: bool = False,
 ) -> list[Tensor]:
     """Prompts → images ``[3, H, W]`` in ``[-1, 1]`` (float32, CPU).
 
@@ -204,7 +263,9 @@ def generate(
             raise LensforgeError(f"generate: size {H}x{W} is not a positive multiple of the VAE's {f}-pixel token")
         shapes.append((H // f, W // f))
     C = int(vae.latent_channels)
-    noise = [torch.randn(h * w, C, generator=torch.Generator().manual_seed(int(sd)), dtype=torch.float32)
+    # the official pipeline draws the initial noise directly in the model dtype
+    noise_dtype = _model_dtype_device(dit)[0] if official_rounding else torch.float32
+    noise = [torch.randn(h * w, C, generator=torch.Generator().manual_seed(int(sd)), dtype=noise_dtype)
              for (h, w), sd in zip(shapes, seeds)]
     text = text_encoder.encode(list(prompts))
     negative = None
@@ -212,7 +273,7 @@ def generate(
         negative = text_encoder.encode([negative_prompt] * B)
     log.info("sampling %d image(s), steps=%d, guidance=%.2f, sizes=%s", B, steps, guidance_scale, sorted(set(sizes)))
     latents = sample_latents(dit, text, shapes, steps=steps, guidance_scale=guidance_scale,
-                             negative=negative, noise=noise, progress=progress)
+                             negative=negative, noise=noise, progress=progress, official_rounding=official_rounding)
     vae_dtype, vae_device = _model_dtype_device(vae)
     images = []
     for lat in latents:
@@ -260,11 +321,13 @@ def save_images(images: Sequence[Tensor], out_dir: str | os.PathLike, names: Seq
     for im, name in zip(images, names):
         fname = name if name.endswith(".png") else f"{name}.png"
         p = out / fname
-        tmp = out / f".{fname}.tmp"
-        to_pil(im).save(tmp, format="PNG")
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp:
+            to_pil(im).save(tmp, format="PNG")
         paths.append(p)
     return paths
 
 
-__all__ = ["cfg_rescale", "empty_text_like", "generate", "make_grid", "sample_latents", "save_images", "to_pil"]
+__all__ = [
+    "cfg_rescale", "empty_text_like", "euler_step", "generate", "guided_velocity", "make_grid", "model_timesteps",
+    "sample_latents", "save_images", "to_pil",
+]

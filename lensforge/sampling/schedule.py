@@ -74,14 +74,25 @@ def time_shift(mu: float | Tensor, sigma: Tensor) -> Tensor:
     return torch.where(s > 0, out, torch.zeros_like(out))
 
 
-def lens_sigmas(steps: int, seq_len: int) -> Tensor:
+def lens_sigmas(steps: int, seq_len: int, *, as_diffusers: bool = False) -> Tensor:
     """The ``[steps + 1]`` σ' of Lens's sampler: shifted ``linspace(1, 1/N, N)`` then a terminal 0.
 
-    Computed in float64 and returned as float32 (as diffusers stores them).
+    Computed in float64 and returned as float32. ``as_diffusers``: computed exactly as diffusers'
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` does (the linspace cast to float32, the shift in
+    float32 numpy), which differs from the float64 result by at most one float32 ulp on some steps —
+    what ``official_rounding`` sampling uses to reproduce the official pipeline bit for bit.
     """
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     mu = compute_empirical_mu(seq_len, steps)
+    if as_diffusers:
+        import numpy as np
+
+        base32 = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
+        e = math.exp(mu)
+        shifted32 = e / (e + (1 / base32 - 1) ** 1.0)
+        out = torch.from_numpy(np.asarray(shifted32)).to(torch.float32)
+        return torch.cat([out, out.new_zeros(1)])
     base = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
     shifted = time_shift(mu, base)
     return torch.cat([shifted, shifted.new_zeros(1)]).to(torch.float32)

@@ -13,6 +13,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lensforge.fileio import atomic_path, atomic_write_text
+
 log = logging.getLogger("lensforge.sampling")
 
 
@@ -131,9 +133,8 @@ class ValidationSampling(Callback):
         save_images(images, folder, [f"{i:02d}" for i in range(len(images))])
         grid = make_grid(images)
         grid_path = self.out_dir / f"step_{step:07d}.png"
-        tmp = grid_path.with_name(f".{grid_path.name}.tmp")
-        grid.save(tmp, format="PNG")
-        os.replace(tmp, grid_path)
+        with atomic_path(grid_path) as tmp:
+            grid.save(tmp, format="PNG")
         means = mean_scores(scores)
         mean = means.get("overall")
         results = {
@@ -143,7 +144,7 @@ class ValidationSampling(Callback):
             "samples": [{"file": f"{i:02d}.png", "prompt": it["prompt"], "key": it["key"], "seed": sd, "score": sc}
                         for i, (it, sd, sc) in enumerate(zip(self.items, seeds, scores))],
         }
-        (folder / "results.json").write_text(json.dumps(results, indent=1))
+        atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
         self.last_score = mean
         self.history.append({"step": step, "verifier_score": mean, "verifier": means, "grid": str(grid_path)})
         log.info("validation samples at step %d -> %s%s", step, grid_path,
@@ -159,6 +160,10 @@ class ValidationSampling(Callback):
             except Exception as e:  # tracking trouble must not stop training
                 log.warning("could not log samples to MLflow: %s", e)
         return mean
+
+    def summary(self) -> dict[str, Any]:
+        """Entries for the run's ``summary.json``: the last verifier score and every sampling round."""
+        return {"verifier_score": self.last_score, "samples": self.history}
 
 
 __all__ = ["ValidationSampling", "eval_items", "verifier_scores"]

@@ -1,21 +1,15 @@
-"""Atomic, keep-last-k checkpoints and resume discovery.
-
-Layout of ``<checkpoint dir>`` (default ``<output_dir>/checkpoints``)::
-
-    step-0000100.ckpt      a complete checkpoint (a file, or a folder for sharded FSDP2 runs)
-    step-0000200.ckpt
-    latest                 text file: the name of the newest complete checkpoint
+"""Writing checkpoints: the atomic, keep-last-k :class:`AtomicCheckpoint` callback.
 
 A checkpoint is first written under a hidden temporary name (``.step-0000200.ckpt.tmp``) and
 then renamed with :func:`os.replace`, so a crash (even ``kill -9``) mid-write never leaves a
-truncated checkpoint under a real name. Only names matching ``step-*.ckpt`` count when resuming.
+truncated checkpoint under a real name. The folder layout, resume discovery and reading live in
+:mod:`lensforge.stages.checkpoint_io` (re-exported here for convenience).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,61 +18,18 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from lensforge.errors import LensforgeError
+from lensforge.fileio import atomic_write_text, temp_path
+from lensforge.stages.checkpoint_io import (
+    LATEST, checkpoint_name, latest_checkpoint, list_checkpoints, resolve_resume,
+)
 
 log = logging.getLogger("lensforge.checkpoint")
-
-_NAME = re.compile(r"^step-(\d+)\.ckpt$")
-LATEST = "latest"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}.ckpt"
-
-
-def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints in ``ckpt_dir`` as ``(step, path)``, oldest first."""
-    d = Path(ckpt_dir)
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        m = _NAME.match(p.name)
-        if m and (p.is_file() or p.is_dir()):
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint (by step number; the ``latest`` pointer is a convenience)."""
-    ckpts = list_checkpoints(ckpt_dir)
-    return ckpts[-1][1] if ckpts else None
-
-
-def resolve_resume(resume: str, ckpt_dir: str | os.PathLike) -> Path | None:
-    """``auto`` → newest checkpoint in ``ckpt_dir`` (None if none); ``never`` → None; else the path."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(ckpt_dir)
-    p = Path(resume)
-    if p.name == LATEST and p.is_file():
-        p = p.parent / p.read_text().strip()
-    if not p.exists():
-        raise LensforgeError(f"resume: checkpoint '{resume}' does not exist")
-    return p
-
 
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():
         p.unlink(missing_ok=True)
-
-
-def _write_pointer(ckpt_dir: Path, name: str) -> None:
-    tmp = ckpt_dir / f".{LATEST}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, ckpt_dir / LATEST)
 
 
 class AtomicCheckpoint(Callback):
@@ -119,7 +70,7 @@ class AtomicCheckpoint(Callback):
         """Write ``step-XXXXXXX.ckpt`` atomically (all ranks call this; rank 0 renames)."""
         name = checkpoint_name(step)
         final = self.dir / name
-        tmp = self.dir / f".{name}.tmp"
+        tmp = temp_path(final)
         if trainer.is_global_zero:
             self.dir.mkdir(parents=True, exist_ok=True)
             _remove(tmp)
@@ -130,7 +81,7 @@ class AtomicCheckpoint(Callback):
             if final.exists():
                 _remove(final)
             os.replace(tmp, final)
-            _write_pointer(self.dir, name)
+            atomic_write_text(self.dir / LATEST, name + "\n")
             self._prune()
             log.info("checkpoint: step %d -> %s", step, final)
             if self.tracker is not None:

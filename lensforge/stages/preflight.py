@@ -4,9 +4,10 @@ Each check returns human-readable reasons; :func:`preflight_reasons` collects al
 Checked: CUDA present when the recipe needs it (GPU accelerator, FSDP2 unless explicitly on CPU,
 fp16 precision), enough CUDA devices, local weight folders of the plugins (any
 ``path``/``*_path`` field of a plugin ``Config`` that names a local folder), and an estimate of
-training memory per device (DiT weights, gradients, AdamW moments and EMA in fp32, sharded by
-FSDP2) against the device's memory — the DiT is built on the ``meta`` device to count its
-parameters, which allocates nothing.
+training state per device (DiT weights, gradients, AdamW moments and EMA, sharded by FSDP2: the
+memory model of :mod:`lensforge.distributed.memory`, shared with ``lensforge plan``) against the
+device's memory — the DiT is built on the ``meta`` device to count its parameters, which
+allocates nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("lensforge.preflight")
+from lensforge.distributed.env import planned_world_size
+from lensforge.distributed.memory import stage_keeps_ema, training_state_bytes
 
-#: bytes per DiT parameter while training in fp32 master weights: weights + grads + Adam m, v + EMA
-BYTES_PER_TRAINED_PARAM = 4 * 5
+log = logging.getLogger("lensforge.preflight")
 
 
 def _needs_cuda(tc: Any) -> str | None:
@@ -102,10 +103,10 @@ def preflight_reasons(recipe: Any) -> list[str]:
         cuda_run = bool(need) or (has_cuda and tc.accelerator in ("auto", "gpu", "cuda"))
         mem = _device_memory(cuda_run)
         if n_params and mem:
-            shards = 1
-            if tc.strategy == "fsdp2" and isinstance(tc.devices, int):
-                shards = max(1, tc.devices * tc.num_nodes)
-            est = n_params * BYTES_PER_TRAINED_PARAM / shards
+            world = planned_world_size(tc, auto_counts_cuda=False)[0]
+            shards = max(1, world) if tc.strategy == "fsdp2" and world else 1
+            est = sum(training_state_bytes(n_params, precision=str(tc.precision), shard=shards,
+                                           ema=stage_keeps_ema(getattr(cfg.stage, "config", None))).values())
             where = "GPU" if cuda_run else "RAM"
             log.info("preflight: DiT %.3gM params, ~%.2f GiB of training state per device (%s has %.1f GiB)",
                      n_params / 1e6, est / 2**30, where, mem / 2**30)

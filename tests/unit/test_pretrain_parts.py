@@ -52,7 +52,7 @@ def test_loss_is_mean_of_per_sample_means():
     stage = PretrainStage(PretrainStage.Config(ema_decay=0.0), dit=_EchoDiT())
     lat = [torch.randn(4, 2, 2), torch.randn(4, 6, 6)]
     text = TextFeatures(layers=[torch.randn(5, 8)], lengths=torch.tensor([2, 3]))
-    state = stage._gen.get_state()
+    state = stage.generator.get_state()
     loss, extras = stage.flow_matching_loss(lat, text)
     # recompute with the same draws: per-sample MSE of target = noise - x0, then mean over samples
     g = torch.Generator()
@@ -110,14 +110,14 @@ def test_dropped_captions_are_never_encoded():
     stage = PretrainStage(PretrainStage.Config(ema_decay=0.0, memo_features=0), dit=_EchoDiT(), vae=_PixelVAE(),
                           text_encoder=enc)
     prompts = ["", "a red circle", "", "two blue squares here"]
-    out = stage._encode_prompts(prompts)
+    out = stage.conditioner.encode_prompts(prompts, device="cpu")
     assert enc.seen == ["a red circle", "two blue squares here"]
     assert out.lengths.tolist() == [0, 3, 0, 4] and out.dims == [3, 5]
     assert out.sample(1)[0][:, 0].tolist() == [0.0] * 3 and out.sample(3)[1][:, 0].tolist() == [1.0] * 4
-    none = stage._encode_prompts(["", " "])
+    none = stage.conditioner.encode_prompts(["", " "], device="cpu")
     assert none.lengths.tolist() == [0, 0] and [t.shape for t in none.layers] == [(0, 3), (0, 5)]
     assert enc.seen == ["a red circle", "two blue squares here"]  # still nothing for the dropped ones
-    stage._encode_prompts(["a", "b c"])  # nothing dropped: one call with all prompts
+    stage.conditioner.encode_prompts(["a", "b c"], device="cpu")  # nothing dropped: one call with all prompts
     assert enc.seen[-2:] == ["a", "b c"]
     batch = DataBatch(images=[torch.zeros(3, 4, 4)] * 2, prompts=["", "a green square"], keys=["x", "y"])
     _, text = stage.encode_batch(batch)

@@ -138,3 +138,81 @@ def test_grid_and_save(tmp_path):
     paths = save_images(imgs, tmp_path / "out", ["a", "b", "c.png"])
     assert [p.name for p in paths] == ["a.png", "b.png", "c.png"] and all(p.stat().st_size > 0 for p in paths)
     assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def _official_pipeline_loop(dit, noise_bf16, shape, text, steps, guidance_scale):
+    """Lens's denoising loop written from the official pipeline's steps (LENS_SPEC §4), in the model dtype.
+
+    diffusers' ``FlowMatchEulerDiscreteScheduler`` with Lens's config and ``mu``; per step the timestep
+    ``t`` (σ·1000, float32) is cast to the latents' dtype and divided by 1000; one forward over
+    ``[x; x]`` with ``[positive; empty negative]`` text; norm-rescaled CFG in the model dtype; the
+    scheduler's own ``step`` (float32 update, latents cast back to the model dtype).
+    """
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from lensforge.sampling.schedule import compute_empirical_mu, scheduler_config
+
+    h, w = shape
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config())
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=compute_empirical_mu(h * w, steps))
+    latents = noise_bf16[None]  # [1, S, C] in bf16
+    neg = empty_text_like(text, 1)
+    both = TextFeatures.cat([text, neg])
+    for t in sched.timesteps:
+        timestep = t.expand(2).to(latents.dtype)
+        pb = PackedBatch(img_tokens=torch.cat([latents[0], latents[0]]), img_shapes=torch.tensor([shape, shape]),
+                         sigmas=timestep / 1000, text=both)
+        cond, uncond = dit(pb).chunk(2)
+        comb = uncond + guidance_scale * (cond - uncond)
+        cond_norm = torch.norm(cond, dim=-1, keepdim=True)
+        comb_norm = torch.norm(comb, dim=-1, keepdim=True)
+        noise_pred = comb * torch.where(comb_norm > 0, cond_norm / comb_norm.clamp_min(1e-12), torch.ones_like(comb_norm))
+        latents = sched.step(noise_pred[None], t, latents, return_dict=False)[0]
+    return latents[0]
+
+
+@pytest.mark.parametrize("guidance_scale", [4.0, 1.0])
+def test_official_rounding_reproduces_the_official_pipeline_in_bf16(guidance_scale):
+    """``official_rounding=True`` equals the official-pipeline loop bit for bit in bf16; the default differs."""
+    from lensforge import registry
+
+    cls = registry.get("dit", "lens_mmdit")
+    torch.manual_seed(0)
+    dit = cls(cls.Config(flavor="tiny", attention="sdpa_loop", zero_init=False)).eval().to(torch.bfloat16)
+    C, dims = dit.arch.in_channels, list(dit.arch.text_dims)
+    g = torch.Generator().manual_seed(1)
+    text = TextFeatures(layers=[torch.randn(4, d, generator=g).bfloat16() for d in dims], lengths=torch.tensor([4]))
+    shape, steps = (4, 6), 6
+    noise = torch.randn(shape[0] * shape[1], C, generator=torch.Generator().manual_seed(2), dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = _official_pipeline_loop(dit, noise, shape, text, steps, guidance_scale)
+    ours = sample_latents(dit, text, [shape], steps=steps, guidance_scale=guidance_scale, noise=[noise],
+                          official_rounding=True)[0]
+    assert torch.equal(ours, ref.float().T.reshape(C, *shape)), "official rounding must match bit for bit"
+    default = sample_latents(dit, text, [shape], steps=steps, guidance_scale=guidance_scale, noise=[noise])[0]
+    assert not torch.equal(default, ours), "the default keeps float32 latents/CFG (more accurate in bf16)"
+
+
+def test_official_timestep_rounding_differs_on_known_steps_at_1024():
+    """At 1024² the pipeline's bf16(σ·1000)/1000 differs from bf16(σ) on 1 of 4 and 5 of 20 steps."""
+    from lensforge.sampling.sampler import model_timesteps
+
+    for steps, expected in ((4, 1), (20, 5)):
+        sig = lens_sigmas(steps, 4096, as_diffusers=True)[:-1]
+        official = model_timesteps(sig, torch.bfloat16, official_rounding=True)
+        direct = model_timesteps(sig, torch.bfloat16)
+        assert int((official != direct).sum()) == expected
+
+
+def test_diffusers_exact_schedule_matches_the_scheduler():
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from lensforge.sampling.schedule import compute_empirical_mu, scheduler_config
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config())
+    for steps, L in ((4, 4096), (20, 4096), (50, 24)):
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=compute_empirical_mu(L, steps))
+        assert torch.equal(lens_sigmas(steps, L, as_diffusers=True), sched.sigmas)
+        torch.testing.assert_close(lens_sigmas(steps, L), sched.sigmas, atol=1e-7, rtol=0)
