@@ -344,12 +344,16 @@ def get(kind: str, name: str) -> type:
 
 def build(kind: str, node: Any) -> Any:
     """Instantiate a plugin from a recipe node ``{name: …, **params}`` (dict or DictConfig)."""
-    from lensforge.recipe.plugin_config import build_config, node_to_dict
+    try:
+        from omegaconf import DictConfig, OmegaConf
 
-    params = node_to_dict(node)
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    params = dict(node)
     name = params.pop("name")
-    cls = get(kind, name)
-    return cls(build_config(cls, params))
+    return get(kind, name).from_params(**params)  # validated against the plugin's Config
 
 
 def _reset_for_tests() -> None:

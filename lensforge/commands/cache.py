@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=limit, desc="caching", unit="sample")
-    stats = encode_into(writer, batches(), vae, te, cfg.data.captions, progress=bar.update if bar else None)
+    stats = encode_into(writer, batches(), vae, te, cfg.data.captions, progress=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
     root = writer.close(source={"recipe": recipe.path, "data_source": cfg.data.source.to_dict(), "seed": cfg.seed, "steps": steps})

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("stats", help="caption-length and resolution/aspect histograms (text + PNG)")
     s.add_argument("src", metavar="SRC", help="image folder, shard folder/.tar, or synthetic:N")
-    s.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG plots (default ./data_stats)")
+    s.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG plots (default runs/data_stats)")
     s.add_argument("--no-plots", action="store_true", help="print only, save no PNG")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     k = sub.add_parser("packing", help="packing efficiency of the default data mix or a recipe's")
@@ -72,7 +72,7 @@ def _stats(args: argparse.Namespace) -> int:
     st = compute_stats(src, progress=not args.no_progress)
     print(format_stats(st, args.src))
     if not args.no_plots:
-        paths = plot_stats(st, args.out or "data_stats")
+        paths = plot_stats(st, args.out or "runs/data_stats")
         print("plots: " + ", ".join(paths))
     return 0
 

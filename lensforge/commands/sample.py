@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma-separated seeds; every prompt is sampled with each")
     p.add_argument("--num-images-per-prompt", type=int, default=1, help="images per prompt with --seed (default 1)")
     p.add_argument("--batch-size", type=int, default=4, help="images generated together (default 4)")
-    p.add_argument("--out", default="samples", help="output folder (default ./samples)")
+    p.add_argument("--out", default="runs/samples", help="output folder (default runs/samples)")
     p.add_argument("--no-ema", action="store_true", help="checkpoints: use the trained weights instead of the EMA")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,

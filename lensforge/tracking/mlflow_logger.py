@@ -25,6 +25,8 @@ from typing import Any, Mapping
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lensforge.fileio import atomic_write_text
+
 log = logging.getLogger("lensforge.tracking")
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -215,9 +217,7 @@ class MLflowTracker(Logger):
         if new:
             run = self._client.create_run(self._experiment_id, run_name=self.run_name, tags=dict(self._tags))
             self._run_id = run.info.run_id
-            tmp = id_file.with_name(f".{RUN_ID_FILE}.tmp")
-            tmp.write_text(self._run_id + "\n")
-            os.replace(tmp, id_file)
+            atomic_write_text(id_file, self._run_id + "\n")
             log.info("MLflow: new run %s in experiment '%s' (%s)", self._run_id, self.experiment_name, self.tracking_uri)
             self._log_params(self._params)
         else:

@@ -119,3 +119,20 @@ def test_validate_reports_missing_dataset_path_unless_portable(tmp_path, fakes, 
     assert main(["validate", "--portable", "-q", str(p)]) == 0
     assert main(["fit", str(p)]) == 2
     assert "this machine cannot run" in capsys.readouterr().err
+
+
+def test_validate_reports_out_of_range_values_all_at_once(capsys):
+    """Ranges live in the schema: negative LR / steps / workers / budget, an EMA decay outside [0, 1) …"""
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "pretrain.yaml")
+    rc = main(["validate", recipe, "optim.lr=-1", "data.loader.num_workers=-2", "trainer.max_steps=0",
+               "data.packing.token_budget=0", "stage.ema_decay=1.5", "checkpoint.keep_last=0", "optim.betas=[0.9,1.0]",
+               "data.captions.dropout=1.5", "trainer.gradient_clip_val=-1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    for key, why in (("optim.lr", "must be > 0, got -1.0"), ("data.loader.num_workers", "must be >= 0, got -2"),
+                     ("trainer.max_steps", "must be > 0, got 0"), ("data.packing.token_budget", "must be > 0"),
+                     ("stage.ema_decay", "must be >= 0 and < 1, got 1.5"), ("checkpoint.keep_last", "must be > 0"),
+                     ("optim.betas[1]", "must be >= 0 and < 1, got 1.0"), ("data.captions.dropout", "<= 1"),
+                     ("trainer.gradient_clip_val", "must be > 0")):
+        assert f"{key}: {why}" in err or (key in err and why in err), (key, err)
+    assert "Traceback" not in err
