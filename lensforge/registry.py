@@ -48,6 +48,23 @@ KINDS: dict[str, str] = {
     "reasoner": "lensforge.interfaces.plugin:Plugin",
 }
 
+#: kind -> "module:SchemaBase": the light base of a plugin's validation half (see
+#: :mod:`lensforge.interfaces.schema`); recipes validate against it without importing torch.
+SCHEMA_BASES: dict[str, str] = {
+    "dit": "lensforge.interfaces.schema:DiTSchema",
+    "vae": "lensforge.interfaces.schema:VAESchema",
+    "text_encoder": "lensforge.interfaces.schema:TextEncoderSchema",
+    "attention": "lensforge.interfaces.schema:PluginSchema",
+    "data": "lensforge.interfaces.schema:PluginSchema",
+    "stage": "lensforge.interfaces.schema:StageSchema",
+    "reward": "lensforge.interfaces.schema:PluginSchema",
+    "reasoner": "lensforge.interfaces.schema:PluginSchema",
+}
+
+#: Class-level names a plugin class must not (re)define for its light schema base to stand in for it.
+_SCHEMA_MEMBERS = ("Config", "tiny_config", "check_config", "check_environment", "input_spec", "latent_spec",
+                   "feature_spec", "check_recipe", "roles")
+
 ENTRY_POINT_PREFIX = "lensforge."
 
 
@@ -95,6 +112,7 @@ class PluginSpec:
     dist: str | None = None
     version: str | None = None
     cls: type | None = None
+    schema: type | None = None  # the light validation half, when found without importing ``cls``
 
     @property
     def provenance(self) -> str:
@@ -110,40 +128,111 @@ class PluginSpec:
         return _docstring_without_import(self.target)
 
 
-def _docstring_without_import(target: str, _depth: int = 0) -> str:
-    """First docstring line of ``pkg.mod:Class`` read from source (follows ``from .x import Class``)."""
-    mod_name, _, qual = target.partition(":")
+def module_source(mod_name: str) -> tuple[str, bool] | None:
+    """``(path of the .py file, is a package __init__)`` of a module, found **without importing** it or
+    its parent packages (``importlib.util.find_spec`` of a submodule imports the parents, and a
+    plugin package's ``__init__`` may import torch). None when it is not a plain source file."""
+    import sys
+
+    loaded = sys.modules.get(mod_name)
+    if loaded is not None:
+        f = getattr(loaded, "__file__", None)
+        return (f, f.endswith("__init__.py")) if f and f.endswith(".py") else None
+    parts = mod_name.split(".")
     try:
-        spec = importlib.util.find_spec(mod_name)
+        spec = importlib.util.find_spec(parts[0])  # a top-level name: nothing is imported
     except (ImportError, ValueError):
-        return ""
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return ""
+        return None
+    if spec is None:
+        return None
+    if len(parts) == 1:
+        o = spec.origin
+        return (o, o.endswith("__init__.py")) if o and o.endswith(".py") else None
+    locations = list(spec.submodule_search_locations or [])
+    for i, part in enumerate(parts[1:], 1):
+        last = i == len(parts) - 1
+        nxt: list[str] = []
+        for loc in locations:
+            pkg = os.path.join(loc, part)
+            if os.path.isfile(os.path.join(pkg, "__init__.py")):
+                if last:
+                    return os.path.join(pkg, "__init__.py"), True
+                nxt = [pkg]
+                break
+            if last and os.path.isfile(pkg + ".py"):
+                return pkg + ".py", False
+            if os.path.isdir(pkg):  # a namespace package
+                nxt.append(pkg)
+        if not nxt:
+            return None
+        locations = nxt
+    return None
+
+
+def _parse_module(mod_name: str) -> tuple[ast.Module, str, bool] | None:
+    found = module_source(mod_name)
+    if found is None:
+        return None
     try:
-        with open(spec.origin, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
+        with open(found[0], encoding="utf-8") as f:
+            return ast.parse(f.read()), found[0], found[1]
     except (OSError, SyntaxError):
-        return ""
+        return None
+
+
+def _resolve_from(mod_name: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` in ``mod_name`` names."""
+    if not node.level:
+        return node.module or ""
+    base = mod_name if is_pkg else mod_name.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        base = base.rpartition(".")[0]
+    return f"{base}.{node.module}" if node.module else base
+
+
+def _top_imports(tree: ast.Module) -> list[ast.ImportFrom]:
+    """Module-level ``from … import …`` statements, including those under ``if TYPE_CHECKING:`` (how a
+    package that loads its names lazily declares its re-exports)."""
+    out = []
+    for n in tree.body:
+        if isinstance(n, ast.ImportFrom):
+            out.append(n)
+        elif isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+            out += [m for m in n.body if isinstance(m, ast.ImportFrom)]
+    return out
+
+
+def _class_source(target: str, _depth: int = 0) -> tuple[ast.ClassDef, ast.Module, str, bool] | None:
+    """``(class node, module tree, module name, is package)`` where ``pkg.mod:Class`` is defined, read from
+    source without importing (follows re-exports such as ``from .model import Class``)."""
+    mod_name, _, qual = target.partition(":")
+    parsed = _parse_module(mod_name)
+    if parsed is None:
+        return None
+    tree, _, is_pkg = parsed
     node: Any = tree
     for i, part in enumerate(qual.split(".")):
         found = next(
             (n for n in getattr(node, "body", []) if isinstance(n, ast.ClassDef) and n.name == part), None
         )
         if found is None and i == 0 and _depth < 3:
-            # a re-export (``from .model import Class`` in a package __init__): follow it
-            for n in tree.body:
-                if isinstance(n, ast.ImportFrom) and any((a.asname or a.name) == part for a in n.names):
+            for n in _top_imports(tree):  # a re-export in a package __init__: follow it
+                if any((a.asname or a.name) == part for a in n.names):
                     name = next(a.name for a in n.names if (a.asname or a.name) == part)
-                    base = mod_name if spec.submodule_search_locations else mod_name.rpartition(".")[0]
-                    for _ in range(max(0, n.level - 1)):
-                        base = base.rpartition(".")[0]
-                    src = f"{base}.{n.module}" if n.level and n.module else (base if n.level else n.module or "")
                     rest = ".".join([name] + qual.split(".")[1:])
-                    return _docstring_without_import(f"{src}:{rest}", _depth + 1)
+                    return _class_source(f"{_resolve_from(mod_name, is_pkg, n)}:{rest}", _depth + 1)
         if found is None:
-            return ""
+            return None
         node = found
-    doc = ast.get_docstring(node) or ""
+    return node, tree, mod_name, is_pkg
+
+
+def _docstring_without_import(target: str) -> str:
+    """First docstring line of ``pkg.mod:Class`` read from source (follows ``from .x import Class``)."""
+    found = _class_source(target)
+    if found is None:
+        return ""
+    doc = ast.get_docstring(found[0]) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -258,9 +347,10 @@ def _snake(s: str) -> str:
     return "".join(out)
 
 
-def validate_plugin_class(kind: str, cls: Any, name: str) -> None:
-    """Check a class against its kind: subclass of the interface, keyword-only ``Config``."""
-    base = base_class(kind)
+def validate_plugin_class(kind: str, cls: Any, name: str, *, schema_only: bool = False) -> None:
+    """Check a class against its kind: subclass of the interface (or, ``schema_only``, of the kind's
+    light schema base), keyword-only ``Config``."""
+    base = schema_base(kind) if schema_only else base_class(kind)
     if not isinstance(cls, type) or not issubclass(cls, base):
         raise PluginError(
             f"{kind} plugin '{name}' ({_describe(cls)}) must subclass {base.__module__}.{base.__qualname__}"
@@ -340,6 +430,76 @@ def get_spec(kind: str, name: str) -> PluginSpec:
 def get(kind: str, name: str) -> type:
     """The plugin class registered as ``name`` for ``kind`` (imports only that plugin)."""
     return get_spec(kind, name).cls  # type: ignore[return-value]
+
+
+def schema_base(kind: str) -> type:
+    check_kind(kind)
+    return _import_object(SCHEMA_BASES[kind])
+
+
+def _light_schema(kind: str, target: str) -> type | None:
+    """The plugin's validation half, found by reading its module's source (nothing heavy imported).
+
+    The plugin class must subclass, as a name imported with ``from … import …``, a class that is a
+    subclass of the kind's schema base and defines its own ``Config``; the plugin class itself must
+    not redefine any of the members validation calls. Anything else → None (import the class).
+    """
+    if "." in target.partition(":")[2]:
+        return None
+    found = _class_source(target)
+    if found is None:
+        return None
+    node, tree, mod_name, is_pkg = found
+    own = set()
+    for stmt in node.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(stmt.name)
+        elif isinstance(stmt, ast.Assign):
+            own |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            own.add(stmt.target.id)
+    if own & set(_SCHEMA_MEMBERS):
+        return None
+    imported: dict[str, tuple[str, str]] = {}
+    for n in _top_imports(tree):
+        src = _resolve_from(mod_name, is_pkg, n)
+        for a in n.names:
+            imported[a.asname or a.name] = (src, a.name)
+    base_cls = schema_base(kind)
+    for b in node.bases:
+        if not isinstance(b, ast.Name) or b.id not in imported:
+            continue
+        src, attr = imported[b.id]
+        if src.startswith("lensforge.interfaces"):
+            continue
+        try:
+            obj = getattr(importlib.import_module(src), attr)
+        except Exception:  # noqa: BLE001 - fall back to importing the plugin itself
+            return None
+        if isinstance(obj, type) and issubclass(obj, base_cls) and "Config" in obj.__dict__:
+            return obj
+    return None
+
+
+def get_schema(kind: str, name: str) -> type:
+    """What validation needs of a plugin: its light schema class when it has one (found without
+    importing the plugin, see :mod:`lensforge.interfaces.schema`), else the plugin class itself."""
+    check_kind(kind)
+    discover()
+    spec = None if is_escape_hatch(name) else _REG.specs[kind].get(name)
+    if spec is not None and (kind, name) not in _REG.conflicts:
+        if spec.cls is not None:
+            return spec.cls
+        if spec.schema is None:
+            light = _light_schema(kind, spec.target)
+            if light is not None:
+                validate_plugin_class(kind, light, name, schema_only=True)
+                light.plugin_name = light.__dict__.get("plugin_name") or name
+                light.plugin_kind = kind
+                spec.schema = light
+        if spec.schema is not None:
+            return spec.schema
+    return get(kind, name)
 
 
 def build(kind: str, node: Any) -> Any:

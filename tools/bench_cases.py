@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench import Result, Row, paired_median_times
+from bench import REPO, Result, Row, paired_median_times
 
 
 def bench_attention(repeats: int, quick: bool) -> Result:
@@ -397,8 +401,55 @@ def bench_h100(repeats: int, quick: bool) -> Result:
     return bench_h100.run(repeats=repeats, quick=quick, dry_run_cpu=quick and not torch.cuda.is_available())
 
 
+def bench_cli(repeats: int, quick: bool) -> Result:
+    """Wall time of quick CLI verbs (``--help``, ``plugins``, ``validate``) vs a baseline revision, same run.
+
+    The baseline is a git worktree of ``LENSFORGE_BENCH_CLI_BASELINE`` (default ``512edd5``, the
+    revision before validation stopped importing torch/Lightning), run with the same interpreter
+    and the same installed dependencies; its code shadows the checkout's through ``PYTHONPATH``.
+    """
+    import shutil
+    import tempfile
+
+    rev = os.environ.get("LENSFORGE_BENCH_CLI_BASELINE", "512edd5")
+    tmp = Path(tempfile.mkdtemp(prefix="lf_bench_cli_"))
+    base = tmp / "baseline"
+    r = subprocess.run(["git", "worktree", "add", "--detach", str(base), rev], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench cli: cannot check out baseline {rev}: {r.stderr.strip()}")
+    try:
+        cases = [("--help", ["--help"]), ("plugins", ["plugins"]), ("plugins dit lens_mmdit", ["plugins", "dit", "lens_mmdit"]),
+                 ("validate tiny/pretrain.yaml", ["validate", "recipes/tiny/pretrain.yaml", "-q"]),
+                 ("validate lens_3b8.yaml --portable", ["validate", "recipes/lens_3b8.yaml", "--portable", "-q"])]
+        if quick:
+            cases = cases[1:4:2]
+
+        def runner(root: Path, args: list[str]) -> Callable[[], object]:
+            env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{root / 'plugins'}", LENS_ROOT="/nonexistent",
+                       LENS_SHARDS="/nonexistent")
+
+            def go() -> None:
+                out = subprocess.run([sys.executable, "-m", "lensforge.cli", *args], cwd=root, env=env,
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"bench cli: {' '.join(args)} failed in {root}: {out.stderr[-500:]}")
+            return go
+
+        res = Result(title="CLI: wall time of quick verbs (this checkout vs a baseline revision)",
+                     target="`plugins` and `validate` ≤ 2 s on this machine")
+        for label, args in cases:
+            t = paired_median_times({"new": runner(REPO, args), "old": runner(base, args)}, repeats=repeats)
+            res.rows.append(Row(f"lensforge {label}", t["new"], "s", t["old"], note=f"baseline = {rev}"))
+        res.notes.append("one process per call (interpreter start-up included); medians of alternating runs")
+        return res
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., Result], str, bool]] = {
     "framework": (bench_framework, "`lensforge fit` steps vs a minimal PyTorch loop", True),
+    "cli": (bench_cli, "`lensforge plugins` / `validate` wall time vs a baseline revision", True),
     "sampler": (bench_sampler, "lensforge sampler vs a minimal Euler loop; 4/20/50 steps", True),
     "data": (bench_data, "loader samples/s (synthetic, shards) at 0/1/2 workers vs training consumption", True),
     "packing": (bench_packing, "training step: packed vs padded vs one bucket per batch", True),

@@ -330,8 +330,8 @@ def make_plan(recipe: Any) -> dict[str, Any]:
         plan.items["autocast weight cache"] = N * b_c
 
     # activations at the token budget
-    dit_spec = m.dit.cls.input_spec(m.dit.config)
-    lat = m.vae.cls.latent_spec(m.vae.config)
+    dit_spec = m.dit.schema.input_spec(m.dit.config)
+    lat = m.vae.schema.latent_spec(m.vae.config)
     budget = cfg.data.packing.token_budget
     act = None
     downsample = lat.downsample if lat is not None else cfg.data.resolution.multiple_of

@@ -20,11 +20,13 @@ def run(args: argparse.Namespace) -> int:
     if args.name:
         from lensforge.recipe.plugin_config import describe_config
 
-        spec = registry.get_spec(args.kind, args.name)
-        console.print(f"[bold]{args.kind}:{args.name}[/bold]  {spec.provenance}  ({spec.target})")
-        console.print(spec.summary())
+        schema = registry.get_schema(args.kind, args.name)  # no torch for a plugin with a light schema
+        spec = next((s for s in registry.specs(args.kind) if s.name == args.name), None)
+        provenance = spec.provenance if spec is not None else "escape hatch"
+        console.print(f"[bold]{args.kind}:{args.name}[/bold]  {provenance}  ({spec.target if spec else args.name})")
+        console.print(spec.summary() if spec is not None else (schema.__doc__ or "").strip().splitlines()[0])
         t = Table("parameter", "type", "default", "description", box=None)
-        for row in describe_config(spec.cls):
+        for row in describe_config(schema):
             t.add_row(*row)
         console.print(t)
         return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lensforge.interfaces.batch import Sample
 from lensforge.interfaces.plugin import Plugin
+
+if TYPE_CHECKING:  # no torch at import: data sources stay light for recipe validation
+    from lensforge.interfaces.batch import Sample
 
 
 class SampleError(Exception):

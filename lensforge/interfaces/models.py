@@ -7,7 +7,6 @@ fitted on its own (e.g. a VAE fine-tune) and used as a child of a stage system.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -16,22 +15,8 @@ from torch import Tensor
 
 from lensforge.interfaces.batch import PackedBatch, TextFeatures
 from lensforge.interfaces.plugin import Plugin
-
-
-@dataclass(frozen=True)
-class LatentSpec:
-    """What a VAE produces: ``channels`` per token on a grid of ``H/downsample × W/downsample``."""
-
-    channels: int
-    downsample: int
-
-
-@dataclass(frozen=True)
-class DiTSpec:
-    """What a DiT consumes: latent channels per token and per-layer text feature widths."""
-
-    latent_channels: int
-    text_dims: tuple[int, ...]
+from lensforge.interfaces.schema import DiTSchema, TextEncoderSchema, VAESchema
+from lensforge.interfaces.specs import DiTSpec, LatentSpec
 
 
 class _ModelPlugin(Plugin, L.LightningModule):
@@ -40,7 +25,7 @@ class _ModelPlugin(Plugin, L.LightningModule):
         self.config = config
 
 
-class VAE(_ModelPlugin):
+class VAE(VAESchema, _ModelPlugin):
     """Images ``[B, 3, H, W]`` in ``[-1, 1]`` ↔ model-space latents ``[B, C, H/f, W/f]``.
 
     The plugin owns every scaling/shift/normalisation and patchification, so the latents it
@@ -50,11 +35,6 @@ class VAE(_ModelPlugin):
 
     latent_channels: int
     downsample_factor: int
-
-    @classmethod
-    def latent_spec(cls, config: Any) -> LatentSpec | None:
-        """Channels/downsample implied by ``config`` without building (None if unknown)."""
-        return None
 
     @abc.abstractmethod
     def encode(self, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
@@ -69,16 +49,11 @@ class VAE(_ModelPlugin):
         self.eval()
 
 
-class TextEncoder(_ModelPlugin):
+class TextEncoder(TextEncoderSchema, _ModelPlugin):
     """Prompts → :class:`TextFeatures` (one packed tensor per selected layer, no padding)."""
 
     #: Width of each returned layer's features.
     feature_dims: tuple[int, ...]
-
-    @classmethod
-    def feature_spec(cls, config: Any) -> tuple[int, ...] | None:
-        """Per-layer feature widths implied by ``config`` without building (None if unknown)."""
-        return None
 
     @abc.abstractmethod
     def encode(self, prompts: list[str]) -> TextFeatures:
@@ -89,13 +64,8 @@ class TextEncoder(_ModelPlugin):
         self.eval()
 
 
-class DiT(_ModelPlugin):
+class DiT(DiTSchema, _ModelPlugin):
     """Packed mixed-resolution denoiser: ``PackedBatch`` → velocity for every image token."""
-
-    @classmethod
-    def input_spec(cls, config: Any) -> DiTSpec | None:
-        """What ``config`` expects from the VAE and text encoder (None if unknown)."""
-        return None
 
     @abc.abstractmethod
     def forward(self, batch: PackedBatch) -> Tensor:
@@ -119,3 +89,6 @@ class AttentionBackend(Plugin):
     def available(self, device: torch.device) -> tuple[bool, str]:
         """Whether this backend can run on ``device`` (and why not)."""
         return True, ""
+
+
+__all__ = ["AttentionBackend", "DiT", "DiTSpec", "LatentSpec", "TextEncoder", "VAE"]

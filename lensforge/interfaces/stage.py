@@ -8,9 +8,10 @@ from typing import Any
 import lightning as L
 
 from lensforge.interfaces.plugin import Plugin
+from lensforge.interfaces.schema import StageSchema
 
 
-class Stage(Plugin, L.LightningModule):
+class Stage(StageSchema, Plugin, L.LightningModule):
     """A training stage (pretrain, rl, distill): composes model plugins and runs ``fit``."""
 
     @classmethod

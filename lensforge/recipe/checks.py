@@ -27,7 +27,7 @@ def run_checks(config: Any) -> list[tuple[str, str]]:
         except Exception as e:  # a broken check must not hide the others
             out.append(("", f"check {fn.__name__} failed: {type(e).__name__}: {e}"))
     stage = getattr(config, "stage", None)
-    hook = getattr(getattr(stage, "cls", None), "check_recipe", None)
+    hook = getattr(getattr(stage, "schema", None), "check_recipe", None)
     if callable(hook):
         try:
             out.extend(hook(config))
@@ -40,18 +40,18 @@ def run_checks(config: Any) -> list[tuple[str, str]]:
 def model_compatibility(config: Any) -> list[tuple[str, str]]:
     """VAE latent channels and text-encoder widths must match what the DiT expects."""
     model = config.model
-    dit = model.dit.cls.input_spec(model.dit.config)
+    dit = model.dit.schema.input_spec(model.dit.config)
     if dit is None:
         return []
     out = []
-    lat = model.vae.cls.latent_spec(model.vae.config)
+    lat = model.vae.schema.latent_spec(model.vae.config)
     if lat is not None and lat.channels != dit.latent_channels:
         out.append((
             "model.vae",
             f"VAE '{model.vae.name}' gives {lat.channels} channels per token but DiT '{model.dit.name}' "
             f"expects {dit.latent_channels}",
         ))
-    dims = model.text_encoder.cls.feature_spec(model.text_encoder.config)
+    dims = model.text_encoder.schema.feature_spec(model.text_encoder.config)
     if dims is not None and tuple(dims) != tuple(dit.text_dims):
         out.append((
             "model.text_encoder",
@@ -64,7 +64,7 @@ def model_compatibility(config: Any) -> list[tuple[str, str]]:
 @recipe_check
 def resolution_multiple(config: Any) -> list[tuple[str, str]]:
     """Image sizes must be multiples of the VAE's token size."""
-    lat = config.model.vae.cls.latent_spec(config.model.vae.config)
+    lat = config.model.vae.schema.latent_spec(config.model.vae.config)
     if lat is None:
         return []
     m = config.data.resolution.multiple_of

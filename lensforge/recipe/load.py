@@ -60,7 +60,7 @@ class Recipe:
         """Every plugin's ``check_environment`` failure on this machine (missing folders …)."""
         out = []
         for path, ref in self.plugins().items():
-            check = getattr(getattr(ref, "cls", None), "check_environment", None)
+            check = getattr(getattr(ref, "schema", None), "check_environment", None)
             if not callable(check):
                 continue
             try:

@@ -70,12 +70,30 @@ Decay = Annotated[float, Range(ge=0, lt=1)]
 
 @dataclass
 class PluginRef:
-    """A validated plugin node: the registry key, the class and its built ``Config``."""
+    """A validated plugin node: the registry key, the class validation used and its built ``Config``.
+
+    ``schema`` is what validation needed: the plugin's light schema class (no torch imported) or the
+    plugin class itself; :attr:`cls` is the plugin class, imported on first use (to build it).
+    """
 
     kind: str
     name: str
-    cls: type
+    schema: type
     config: Any
+
+    @property
+    def cls(self) -> type:
+        """The plugin class (imports the plugin's module on first use)."""
+        full = self.__dict__.get("_cls")
+        if full is None:
+            from lensforge import registry
+
+            try:
+                full = registry.get(self.kind, self.name)
+            except LensforgeError:
+                full = self.schema  # a class handed in directly (tests, notebooks)
+            self.__dict__["_cls"] = full
+        return full
 
     def build(self, **overrides: Any) -> Any:
         cfg = dataclasses.replace(self.config, **overrides) if overrides else self.config
@@ -241,7 +259,7 @@ def validate_plugin_node(kind: str, node: Any, where: str, problems: list[Proble
         problems.append(Problem(name_key, f"missing required value: which {kind} plugin", origin(name_key)))
         return None
     try:
-        cls = registry.get(kind, str(name))
+        cls = registry.get_schema(kind, str(name))
     except LensforgeError as e:
         problems.append(Problem(name_key, str(e), origin(name_key)))
         return None
@@ -255,7 +273,7 @@ def validate_plugin_node(kind: str, node: Any, where: str, problems: list[Proble
             problems.append(Problem(k, msg, origin(k)))
     except Exception as e:  # a plugin's check must not crash validation
         problems.append(Problem(where, f"{kind} plugin '{name}' check_config failed: {e}", origin(where)))
-    return PluginRef(kind=kind, name=str(name), cls=cls, config=cfg)
+    return PluginRef(kind=kind, name=str(name), schema=cls, config=cfg)
 
 
 def _show(v: Any) -> str:

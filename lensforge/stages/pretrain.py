@@ -15,53 +15,23 @@ this file is the worked example of ``lensforge/stages/README.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lensforge.interfaces import DataBatch, TextFeatures
-from lensforge.recipe.plugin_config import PositiveFloat, PositiveInt
 from lensforge.sampling.schedule import sample_training_sigmas
 from lensforge.stages.objectives import flow_matching_loss
-from lensforge.stages.system import StageSystem, SystemConfig, lr_lambda
+from lensforge.stages.schemas import PretrainSchema
+from lensforge.stages.system import StageSystem, lr_lambda
 
 
-class PretrainStage(StageSystem):
-    """Flow-matching pre-training (Lens conventions), EMA, validation sampling, exact resume."""
+class PretrainStage(PretrainSchema, StageSystem):
+    """Flow-matching pre-training (Lens conventions), EMA, validation sampling, exact resume.
 
-    @dataclass(kw_only=True)
-    class Config(SystemConfig):
-        logit_mean: float = 0.0
-        """Mean of the logit-normal σ distribution (before the resolution shift)."""
-        logit_std: PositiveFloat = 1.0
-        """Standard deviation of the logit-normal σ distribution."""
-        resolution_shift: bool = True
-        """Shift each sample's σ by its token count (more tokens → noisier), as SD3/FLUX."""
-        shift_base_seq_len: PositiveInt = 256
-        """Token count where the shift is ``shift_base``."""
-        shift_max_seq_len: PositiveInt = 4096
-        """Token count where the shift is ``shift_max``."""
-        shift_base: float = 0.5
-        """Shift (added to logit σ) at ``shift_base_seq_len`` tokens."""
-        shift_max: float = 1.15
-        """Shift at ``shift_max_seq_len`` tokens (linear in between and beyond)."""
-
-    @classmethod
-    def tiny_config(cls) -> "PretrainStage.Config":
-        return cls.Config(ema_decay=0.9)
-
-    @classmethod
-    def check_config(cls, config: Any) -> list[tuple[str, str]]:
-        out = []
-        if not 0.0 <= config.ema_decay < 1.0:
-            out.append(("ema_decay", f"must be in [0, 1), got {config.ema_decay}"))
-        if config.logit_std <= 0:
-            out.append(("logit_std", f"must be positive, got {config.logit_std}"))
-        if config.shift_max_seq_len <= config.shift_base_seq_len:
-            out.append(("shift_max_seq_len", "must be larger than shift_base_seq_len"))
-        return out
+    Its ``Config`` and checks are :class:`~lensforge.stages.schemas.PretrainSchema`.
+    """
 
     # ------------------------------------------------------------------ the objective
 

@@ -89,7 +89,7 @@ def check_roles(roles: dict[str, RoleSpec], config: Any, stage_name: str) -> lis
             extra = sorted(r for r in roles if r != MAIN_ROLE)
             out.append((f"model.roles.{name}",
                         f"stage '{stage_name}' has no role '{name}' (its extra roles: {', '.join(extra) or 'none'})"))
-    main_spec = model.dit.cls.input_spec(model.dit.config) if model.dit is not None else None
+    main_spec = model.dit.schema.input_spec(model.dit.config) if model.dit is not None else None
     for name, spec in roles.items():
         if spec.init.startswith("role:") and spec.init[5:] not in roles:
             out.append(("stage", f"role '{name}' copies undeclared role '{spec.init[5:]}'"))
@@ -100,7 +100,7 @@ def check_roles(roles: dict[str, RoleSpec], config: Any, stage_name: str) -> lis
                              f"(or model.roles.{name}.init_from)"))
         ref = role_dit_ref(name, model)
         if ref is not model.dit and main_spec is not None:
-            spec_r = ref.cls.input_spec(ref.config)
+            spec_r = ref.schema.input_spec(ref.config)
             if spec_r is not None and spec_r != main_spec:
                 out.append((f"model.roles.{name}.dit",
                             f"the '{name}' DiT expects {spec_r} but model.dit expects {main_spec}"))

@@ -27,41 +27,21 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import DataBatch, Stage, TextFeatures
-from lensforge.recipe.plugin_config import Decay, NonNegativeInt
 from lensforge.stages.conditioner import Conditioner
 from lensforge.stages.ema import copy_weights_, ema_decay_at, ema_update_
-from lensforge.stages.roles import DEFAULT_ROLES, MAIN_ROLE, RoleSpec, check_roles, save_frozen_decision
+from lensforge.stages.roles import MAIN_ROLE, save_frozen_decision
+from lensforge.stages.schemas import SystemConfig, TrunkSchema
 
 log = logging.getLogger("lensforge.stages")
 
 CKPT_VERSION = 1
-
-
-@dataclass(kw_only=True)
-class SystemConfig:
-    """Settings of the trunk shared by every stage (a stage's ``Config`` extends this)."""
-
-    ema_decay: Decay = 0.999
-    """EMA decay of the EMA'd roles' weights (0 = no EMA)."""
-    ema_warmup: bool = True
-    """Use ``min(decay, (1+t)/(10+t))`` early in training."""
-    sample_with_ema: bool = True
-    """Validation samples (and exports) use the EMA weights."""
-    vae_sample_posterior: bool = False
-    """Encode images with a posterior sample instead of the mode (VAEs that have one)."""
-    save_frozen: Literal["auto", "always", "never"] = "auto"
-    """Store the frozen VAE/text-encoder weights in checkpoints (``auto``: each one ≤ ``frozen_save_max_params``)."""
-    frozen_save_max_params: NonNegativeInt = 10_000_000
-    """Size limit for ``save_frozen: auto``."""
-    memo_features: NonNegativeInt = 0
-    """Keep up to this many encoded prompts and latents in memory (0 = off); see the conditioner."""
 
 
 @dataclass
@@ -97,12 +77,12 @@ def _num_params(m: torch.nn.Module | None) -> int:
     return 0 if m is None else sum(p.numel() for p in m.parameters())
 
 
-class StageSystem(Stage):
-    """Base LightningModule of the training stages (see the module docstring)."""
+class StageSystem(TrunkSchema, Stage):
+    """Base LightningModule of the training stages (see the module docstring).
 
-    Config: ClassVar[type] = SystemConfig
-    #: The DiT roles this stage holds and how each is treated (see :mod:`lensforge.stages.roles`).
-    roles: ClassVar[dict[str, RoleSpec]] = DEFAULT_ROLES
+    Its validation half (``Config``, ``roles``, ``check_recipe``) is :class:`~lensforge.stages.schemas.TrunkSchema`.
+    """
+
     #: ``True``: one optimizer per trained role, stepped by the stage through :meth:`step_role`.
     manual_optimization: ClassVar[bool] = False
 
@@ -160,11 +140,6 @@ class StageSystem(Stage):
         self._ema_initialised = False
 
     # ------------------------------------------------------------------ the harness's entry points
-
-    @classmethod
-    def check_recipe(cls, config: Any) -> list[tuple[str, str]]:
-        """Recipe checks of the trunk (roles); stages extend it with their own."""
-        return check_roles(cls.roles, config, cls.plugin_name or cls.__name__)
 
     @classmethod
     def run(cls, recipe: Any) -> dict[str, Any]:

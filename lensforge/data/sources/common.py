@@ -6,14 +6,16 @@ import io
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from lensforge.data.resolution import fit_image
-from lensforge.interfaces import SampleError
+from lensforge.interfaces.data import SampleError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 #: json fields read as captions (in this order) unless a source's ``caption_keys`` says otherwise.
@@ -67,6 +69,8 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image → float ``[3, H, W]`` in ``[-1, 1]``."""
+    import torch  # imported on use: the sources stay light for recipe validation
+
     arr = np.asarray(img, dtype=np.uint8)
     chw = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
     chw *= 1.0 / 127.5

@@ -12,7 +12,7 @@ from lensforge.data.sources.common import (
     CAPTION_KEYS, IMAGE_EXTS, RawRecord, captions_from_json, image_header_size, load_resized,
 )
 from lensforge.errors import LensforgeError
-from lensforge.interfaces import DataSource, Sample, SampleError
+from lensforge.interfaces.data import DataSource, SampleError
 from lensforge.registry import register
 
 log = logging.getLogger("lensforge.data")
@@ -93,6 +93,8 @@ class ImageFolderSource(DataSource):
     def get(self, index: int, size: tuple[int, int] | None = None) -> Sample:
         caps, extra = self._captions(index)
         image, native = load_resized(self._bytes(index), size, self.config.resize, self.files[index])
+        from lensforge.interfaces.batch import Sample
+
         return Sample(image=image, captions=caps, key=self.key(index),
                       meta={"source": "folder", "path": self.files[index], "native_size": native, **extra})
 

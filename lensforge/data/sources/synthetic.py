@@ -26,14 +26,16 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lensforge.errors import LensforgeError
-from lensforge.interfaces import DataSource, Sample
+from lensforge.interfaces.data import DataSource
 from lensforge.registry import register
 
 if TYPE_CHECKING:
+    import torch
+
+    from lensforge.interfaces.batch import Sample
     from lensforge.data.sources.common import RawRecord
 
 log = logging.getLogger("lensforge.data")
@@ -239,6 +241,11 @@ def render_scene(scene: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil)
 
 
+def texture_period(H: int, W: int) -> float:
+    """Period in pixels of the stripes / checks textures at image size ``(H, W)``."""
+    return max(4.0, min(H, W) / 8)
+
+
 def _background(bg: dict[str, Any], H: int, W: int, seed: int) -> np.ndarray:
     c1 = np.asarray(BACKGROUND_COLORS[bg["colors"][0]], dtype=np.float32)
     kind = bg["kind"]
@@ -252,7 +259,7 @@ def _background(bg: dict[str, Any], H: int, W: int, seed: int) -> np.ndarray:
         return (c1 + (c2 - c1) * t[..., None]).astype(np.uint8)
     # texture: brightness modulation of one low-chroma colour (same offset on all channels)
     pattern = bg["pattern"]
-    period = max(4.0, min(H, W) / 8)
+    period = texture_period(H, W)
     ys = np.arange(H, dtype=np.float32)[:, None]
     xs = np.arange(W, dtype=np.float32)[None, :]
     if pattern == "stripes":
@@ -267,6 +274,8 @@ def _background(bg: dict[str, Any], H: int, W: int, seed: int) -> np.ndarray:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """``uint8 [H, W, 3]`` → float ``[3, H, W]`` in ``[-1, 1]``."""
+    import torch  # imported on use: validating a recipe that names this source needs no torch
+
     chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
     chw *= 1.0 / 127.5
     chw -= 1.0
@@ -582,6 +591,8 @@ class SyntheticWorld(DataSource):
         H, W = size or (256, 256)
         scene, caps = self.captions(index)
         img = render_scene(scene, (H, W))
+        from lensforge.interfaces.batch import Sample
+
         return Sample(image=to_tensor(img), captions=caps, key=f"synthetic/{self.config.seed}/{index:08d}",
                       meta={"source": "synthetic", "index": int(index), "scene": scene, "size": (H, W)})
 

@@ -22,7 +22,7 @@ from lensforge.data.sources.common import (
     CAPTION_KEYS, IMAGE_EXTS, RawRecord, captions_from_json, image_header_size, load_resized,
 )
 from lensforge.errors import LensforgeError
-from lensforge.interfaces import DataSource, Sample, SampleError
+from lensforge.interfaces.data import DataSource, SampleError  # light: validation imports this module
 from lensforge.registry import register
 
 log = logging.getLogger("lensforge.data")
@@ -177,6 +177,8 @@ class WebDatasetSource(DataSource):
         rec = self.records[index]
         caps, extra = self._captions(rec)
         image, native = load_resized(self._read(rec["shard"], rec["image"]), size, self.config.resize, rec["key"])
+        from lensforge.interfaces.batch import Sample
+
         return Sample(image=image, captions=caps, key=rec["key"],
                       meta={"source": "webdataset", "shard": os.path.basename(self.shards[rec["shard"]]),
                             "native_size": native, **extra})

@@ -1,4 +1,7 @@
-"""Shared helpers of the Hugging Face based text encoders (path resolution, dtypes, prefix length)."""
+"""Shared helpers of the Hugging Face based text encoders (path resolution, dtypes, prefix length).
+
+No torch at import: the validation halves (:mod:`.schemas`) use the path and config checks.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,10 @@ import importlib.util
 import os
 from typing import Any
 
-import torch
-
 from lensforge.errors import LensforgeError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: dtype names the text encoders accept.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 PKG_PREFIX = "pkg:"
 
@@ -65,17 +67,20 @@ def read_json(path: str) -> dict[str, Any] | None:
 def check_dtype_and_length(config: Any) -> list[tuple[str, str]]:
     """The ``dtype`` / ``max_length`` checks every text encoder's ``check_config`` shares."""
     out = []
-    if config.dtype not in ("float32", "bfloat16", "float16"):
+    if config.dtype not in DTYPE_NAMES:
         out.append(("dtype", f"'{config.dtype}' is not float32, bfloat16 or float16"))
     if config.max_length < 1:
         out.append(("max_length", "must be >= 1"))
     return out
 
 
-def dtype_of(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise LensforgeError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+def dtype_of(name: str) -> Any:
+    """The torch dtype called ``name`` (one of :data:`DTYPE_NAMES`)."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise LensforgeError(f"dtype '{name}' is not one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
 
 
 def num_leading_specials(tokenizer: Any) -> int:
@@ -100,6 +105,6 @@ def prefix_token_count(tokenizer: Any, prefix_text: str) -> int:
     return num_leading_specials(tokenizer) + len(body)
 
 
-def freeze_module(m: torch.nn.Module) -> None:
+def freeze_module(m: Any) -> None:
     m.requires_grad_(False)
     m.eval()

