@@ -6,6 +6,8 @@
   printed and saved as PNG plots.
 * ``lensforge data packing [RECIPE] [key=value …]``: packing efficiency of the default data mix (or a
   recipe's ``data:`` section) over a number of batches.
+* ``lensforge data rubrics PROMPTS.txt OUT.jsonl --base-url URL --model M``: a category and rubric items
+  for each prompt from an OpenAI-compatible LLM (:mod:`lensforge.data.rubric_writer`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--downsample", type=int, default=None,
                    help="pixels per latent token side (default: the recipe VAE's, else 16)")
     k.add_argument("--seed", type=int, default=None, help="data seed (default: the recipe's, else 0)")
+    from lensforge.data.rubric_writer import add_cli_arguments as _rubrics_arguments
+
+    _rubrics_arguments(sub.add_parser("rubrics", help="category + rubric items per prompt from an LLM endpoint"))
     p.set_defaults(_data_parser=p)
 
 
@@ -50,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         return _stats(args)
     if verb == "packing":
         return _packing(args)
+    if verb == "rubrics":
+        from lensforge.data.rubric_writer import run_cli
+
+        return run_cli(args)
     args._data_parser.print_help()
     return 2
 
