@@ -393,3 +393,19 @@ def test_importing_lensforge_llm_is_light():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_endpoint_config_validates_inside_a_recipe():
+    # a reward/reasoner plugin embeds EndpointConfig in its Config; recipe validation checks it
+    from lensforge.recipe.plugin_config import validate_dataclass
+
+    problems: list = []
+    data = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "rpm": -1, "concurrency": 0, "api_key": "sk-x"}
+    validate_dataclass(EndpointConfig, data, "judge", problems, origin=lambda key: "rl.yaml")
+    text = "\n".join(str(p) for p in problems)
+    assert "judge.api_key: unknown key (did you mean 'api_key_env'?)" in text
+    assert "judge.rpm: must be >= 0" in text and "judge.concurrency: must be > 0" in text
+    problems = []
+    cfg = validate_dataclass(EndpointConfig, {"base_url": "http://h/v1", "model": "m", "api_key_env": "K"}, "judge",
+                             problems, origin=lambda key: "rl.yaml")
+    assert problems == [] and cfg.api_key_env == "K" and cfg.rpm == 0
