@@ -6,6 +6,9 @@
   printed and saved as PNG plots.
 * ``lensforge data packing [RECIPE] [key=value …]``: packing efficiency of the default data mix (or a
   recipe's ``data:`` section) over a number of batches.
+* ``lensforge data prompts synthetic:N|geneval:N OUT.jsonl [--seed S] [--categories a,b] [--world k=v …]``:
+  a prompt set drawn from the synthetic world, one checkable rubric item per stated fact
+  (:mod:`lensforge.data.synthetic_prompts`).
 * ``lensforge data rubrics PROMPTS.txt OUT.jsonl --base-url URL --model M``: a category and rubric items
   for each prompt from an OpenAI-compatible LLM (:mod:`lensforge.data.rubric_writer`).
 """
@@ -44,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lensforge.data.rubric_writer import add_cli_arguments as _rubrics_arguments
 
     _rubrics_arguments(sub.add_parser("rubrics", help="category + rubric items per prompt from an LLM endpoint"))
+    from lensforge.data.prompts_cli import add_arguments as _prompts_arguments
+
+    _prompts_arguments(sub.add_parser("prompts", help="taxonomy / GenEval-style prompt set from the synthetic world"))
     p.set_defaults(_data_parser=p)
 
 
@@ -59,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         from lensforge.data.rubric_writer import run_cli
 
         return run_cli(args)
+    if verb == "prompts":
+        from lensforge.data.prompts_cli import run as _prompts
+
+        return _prompts(args)
     args._data_parser.print_help()
     return 2
 
