@@ -17,7 +17,7 @@ background and returns per-attribute scores in ``[0, 1]``:
 * ``text``: glyph word legibility, normalised cross-correlation with the expected glyph mask
   (absent when the scene has no text);
 * ``background``: the background's kind (flat / gradient / texture) is right, times the fraction
-  of its named colours that are right; 0 when no background is visible (noise);
+  of its named colours that are right; 0 when no background is visible (noise, or no object at all);
 * ``overall``: mean of the attributes present.
 
 Detection (:func:`analyze`, image-only, done once per image): pixels with high chroma (``max - min``
@@ -51,7 +51,9 @@ slope), else flat; colours are the nearest named background colours at the plane
 or its mean; a texture's pattern from the residual's autocorrelation (noise: none at lag 1;
 stripes: the residual repeats one renderer period further along x; checks: it flips sign there).
 When too few low-chroma pixels are left (under half of what the detections leave), no background
-is visible.
+is visible; nor when no object is detected: a bare canvas is not a scene, so a blank image that
+happens to be in the prompt's background colour earns nothing (it would otherwise score 1/8 on
+``background`` by chance in a flat-only world).
 
 :func:`noise_baseline` scores blank images, uniform noise and optional extra images (an
 untrained model's samples) against the same scenes or prompt rows: what a target's score must be
@@ -130,7 +132,7 @@ class Detection:
 
 @dataclass
 class BackgroundEstimate:
-    """What the background looks like: ``kind`` is None when no background is visible (noise)."""
+    """What the background looks like: ``kind`` is None when no background is visible (noise, no object)."""
 
     kind: str | None
     colors: list[str] = field(default_factory=list)
@@ -366,7 +368,7 @@ def estimate_background(image: Any, detections: list[Detection] | None = None) -
         outside[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = False
     free = outside & ~near_obj
     visible = float(free.sum()) / max(1, int(outside.sum()))
-    if visible < MIN_BACKGROUND_FRACTION or free.sum() < 16:
+    if visible < MIN_BACKGROUND_FRACTION or free.sum() < 16 or not detections:
         return BackgroundEstimate(kind=None, visible=visible)
     yy, xx = np.meshgrid(np.linspace(0, 1, H, dtype=np.float32), np.linspace(0, 1, W, dtype=np.float32), indexing="ij")
     pix = f[free]

@@ -127,6 +127,13 @@ def test_background_kinds_on_clean_renders():
         assert s["bg"] == 1.0 and s["wrong"] < 1.0, (bg, s)
 
 
+def test_a_bare_canvas_in_the_background_colour_earns_no_background_credit():
+    sc = dict(copy.deepcopy(SCENE), background={"kind": "flat", "colors": ["cream"]})
+    row = row_of({"bg": {"kind": "background", "type": "flat", "colors": ["cream"]}}, scene=sc)
+    bare = dict(sc, objects=[], relations=[], text=None)
+    assert score_items(render(sc), row)["bg"] == 1.0 and score_items(render(bare), row)["bg"] == 0.0
+
+
 def test_noise_scores_zero_on_every_kind():
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, size=(128, 192, 3), dtype=np.uint8)
