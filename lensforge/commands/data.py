@@ -2,6 +2,8 @@
 
 * ``lensforge data build-shards SRC OUT``: write WebDataset-style shards from an image folder,
   shards, or ``synthetic:N``.
+* ``lensforge data index SRC [--out FILE]``: write the compact sample index of a set of shards (local
+  or ``s3://`` / ``gs://`` / ``https://``) beside them, for ``mode: indexed`` reading.
 * ``lensforge data stats SRC [--out DIR]``: caption-length and resolution / aspect-ratio histograms,
   printed and saved as PNG plots.
 * ``lensforge data packing [RECIPE] [key=value …]``: packing efficiency of the default data mix (or a
@@ -32,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("out", metavar="OUT", help="output folder for shard-NNNNNN.tar files")
     b.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar file (default 1000)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x = sub.add_parser("index", help="write the compact sample index of a set of shards (local or remote) beside them")
+    x.add_argument("src", metavar="SRC", help="shard folder, .tar, glob, or URL (s3://bucket/prefix/, https://…/{000..099}.tar)")
+    x.add_argument("--out", metavar="FILE", default=None, help="index file or URL (default: lensforge.index beside the shards)")
+    x.add_argument("--workers", type=int, default=None, help="shards scanned in parallel (default: CPU count, at most 8)")
+    x.add_argument("-o", "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option of a remote store, e.g. -o endpoint_url=http://127.0.0.1:9000 (repeatable)")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("stats", help="caption-length and resolution/aspect histograms (text + PNG)")
     s.add_argument("src", metavar="SRC", help="image folder, shard folder/.tar, or synthetic:N")
     s.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG plots (default runs/data_stats)")
@@ -57,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     verb = getattr(args, "data_verb", None)
     if verb == "build-shards":
         return _build_shards(args)
+    if verb == "index":
+        return _index(args)
     if verb == "stats":
         return _stats(args)
     if verb == "packing":
@@ -80,6 +91,37 @@ def _build_shards(args: argparse.Namespace) -> int:
     res = build_shards(src, args.out, args.samples_per_shard, progress=not args.no_progress)
     print(f"wrote {res['samples']} samples into {len(res['shards'])} shards under {args.out}"
           + (f" ({res['no_header']} with an unreadable image header, copied as-is)" if res["no_header"] else ""))
+    if res.get("index"):
+        print(f"index: {res['index']}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from lensforge.data.index import build_index
+    from lensforge.data.sources.common import IMAGE_EXTS
+
+    opts: dict[str, Any] = {}
+    for item in args.storage_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise LensforgeError(f"--storage-option expects KEY=VALUE, got '{item}'")
+        opts[key] = yaml.safe_load(value) if value else value
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise LensforgeError("--workers must be >= 1")
+    res = build_index(args.src, args.out, image_exts=IMAGE_EXTS, workers=workers, storage_options=opts,
+                      progress=not args.no_progress)
+    print(f"indexed {res.samples} samples in {res.shards} shards into {res.out} ({res.seconds:.1f} s)")
+    if res.no_image:
+        print(f"{res.no_image} keys without an image member (not samples)")
+    if res.bad_shards:
+        print(f"{len(res.bad_shards)} damaged shard(s): their complete samples are indexed, the rest skipped:")
+        for name, why in list(res.bad_shards.items())[:10]:
+            print(f"  {name}: {why}")
     return 0
 
 

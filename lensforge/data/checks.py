@@ -23,26 +23,30 @@ check presupposes its object: "the red circle is large" is 0 when there is no re
 
 Check kinds
 -----------
-=============  =====================================================================  ============================
-kind           fields                                                                 score
-=============  =====================================================================  ============================
-``object``     ``object``: descriptor                                                 1 if a detection matches
-``color``      ``object``: REF, ``color``: palette colour                             1 if a ref has the colour
-``shape``      ``object``: REF, ``shape``: shape                                      1 if a ref has the shape
-``size``       ``object``: REF, ``size``: size class                                  1 if a ref has the size
-``position``   ``object``: REF, ``cell``: [row, col] (``region``: its name, optional)  1 if a ref is in the cell
-``count``      ``object``: descriptor, ``count``: N ≥ 0                               1 if exactly N match, else
-                                                                                      ``max(0, 1 − |n − N| / N)``
-                                                                                      (0 when N = 0 and n > 0)
-``relation``   ``a``, ``b``: REF, ``relation``: left of | right of | above | below    1 if two distinct refs hold it
-``background`` ``type``?: flat | gradient | texture, ``colors``?: [names, in order],  mean of the given fields
-               ``direction``?: vertical | horizontal | diagonal,                      (0 when no background is
-               ``pattern``?: stripes | checks | noise                                  visible)
-``text``       ``word``, ``x``, ``y``, ``h`` (the scene's glyph box), ``ink``: black |  glyph legibility
-               white                                                                  (:func:`~lensforge.data.verifier.text_score`)
-``aspect_ratio`` ``ratio``: "W:H"                                                     1 if the image's W/H is within
-                                                                                      5 % of W/H
-=============  =====================================================================  ============================
+``object``        ``{"object": DESC}`` — 1 if a detection matches DESC.
+``color``         ``{"object": REF, "color": C}`` — 1 if a referenced object has palette colour C.
+``shape``         ``{"object": REF, "shape": S}`` — 1 if a referenced object has shape S.
+``size``          ``{"object": REF, "size": Z}`` — 1 if a referenced object has size class Z.
+``position``      ``{"object": REF, "cell": [row, col], "region"?: name}`` — 1 if a referenced object is
+                  in that 3×3 cell.
+``count``         ``{"object": DESC, "count": N}`` — 1 if exactly N detections match, else
+                  ``max(0, 1 − |n − N| / N)`` (partial credit, as flow_grpo's GenEval reward); with
+                  N = 0, 1 if none match.
+``relation``      ``{"a": REF, "b": REF, "relation": "left of" | "right of" | "above" | "below"}`` — 1 if
+                  two distinct referenced objects hold it.
+``background``    ``{"type"?: flat | gradient | texture, "colors"?: [names, in order],
+                  "direction"?: vertical | horizontal | diagonal, "pattern"?: stripes | checks | noise}``
+                  — mean agreement of the given fields (at least one).
+``text``          ``{"word": W, "x", "y", "h": the scene's glyph box (normalised), "ink": black | white}``
+                  — glyph legibility (:func:`~lensforge.data.verifier.text_score`).
+``aspect_ratio``  ``{"ratio": "W:H"}`` — 1 if the image's W/H is within 5 % of W/H (and it shows an
+                  object).
+
+Every check is ``{"kind": KIND, …fields}``; :func:`check_problems` lists what is wrong with one.
+
+Scene-level facts (``background``, ``aspect_ratio``) need a scene: on an image where no object is
+detected they score 0 — a bare canvas in the prompt's background colour, or noise sampled at the
+row's size (which fixes the format), would otherwise collect them for free.
 
 Relations compare box centres (y grows downwards), as :func:`~lensforge.data.verifier.verify` does.
 An item *passes* when its score is 1; GenEval's strict rule (:func:`score_row` ``strict``) is that
@@ -236,6 +240,8 @@ def _score_check(check: dict[str, Any], rd: _Reader) -> float:
     if kind == "text":
         return text_score(rd.a.image, check)
     if kind == "aspect_ratio":
+        if not rd.a.detections:  # a bare canvas is not "a 2:1 photo of" anything (like the background rule)
+            return 0.0
         w, h = _parse_ratio(check["ratio"])  # type: ignore[misc]
         got = rd.a.width / rd.a.height
         return float(abs(math.log(got / (w / h))) <= math.log1p(ASPECT_TOLERANCE))

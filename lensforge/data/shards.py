@@ -2,7 +2,9 @@
 
 ``build_shards(source, out)`` copies every sample's stored image bytes unchanged (no re-encode, so a
 corrupt image stays corrupt and is counted the same way by ``stats`` before and after) next to a
-json holding its captions, the original key and, when the header is readable, ``width``/``height``.
+json holding its captions, the original key and, when the header is readable, ``width``/``height``,
+and writes the set's compact index (``lensforge.index``, :mod:`lensforge.data.index`) from the
+offsets it wrote — no second pass over the shards.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from lensforge.data.sources.common import RawRecord
+from lensforge.data.sources.common import IMAGE_EXTS, RawRecord
 from lensforge.errors import LensforgeError
-from lensforge.interfaces import DataSource, SampleError
+from lensforge.interfaces.data import DataSource, SampleError
 
 log = logging.getLogger("lensforge.data")
 
@@ -27,8 +29,9 @@ def open_source(spec: str, **params: Any) -> DataSource:
     """A source from a command-line spec.
 
     ``synthetic`` or ``synthetic:N`` (N samples), a folder of ``.tar`` shards or one ``.tar`` /
-    a glob (WebDataset), or a folder of images (image folder).
+    a glob / a URL (``s3://…``, ``https://…``: WebDataset), or a folder of images (image folder).
     """
+    from lensforge.data.remote import is_remote
     from lensforge.data.sources.folder import ImageFolderSource
     from lensforge.data.sources.synthetic import SyntheticWorld
     from lensforge.data.sources.webdataset import WebDatasetSource, shard_paths
@@ -40,6 +43,8 @@ def open_source(spec: str, **params: Any) -> DataSource:
         except ValueError:
             raise LensforgeError(f"'{spec}': expected synthetic:N with an integer N") from None
         return SyntheticWorld(SyntheticWorld.Config(num_samples=num, **params))
+    if is_remote(spec):
+        return WebDatasetSource(WebDatasetSource.Config(path=spec, **params))
     if not os.path.exists(spec) and not shard_paths(spec):
         raise LensforgeError(f"data path '{spec}' does not exist")
     if os.path.isdir(spec):
@@ -67,7 +72,8 @@ def shard_key(key: str) -> str:
 
 
 class ShardWriter:
-    """Writes ``{prefix}-{n:06d}.tar`` files of at most ``samples_per_shard`` samples each."""
+    """Writes ``{prefix}-{n:06d}.tar`` files of at most ``samples_per_shard`` samples each, and
+    remembers every sample's span for :meth:`write_index`."""
 
     def __init__(self, out_dir: str | os.PathLike, samples_per_shard: int = 1000, prefix: str = "shard"):
         if samples_per_shard < 1:
@@ -80,6 +86,7 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._keys: set[str] = set()
+        self._rows: list[list[tuple[int, int, int, int]]] = []  # per shard: (offset, size, height, width)
 
     def _add(self, name: str, data: bytes) -> None:
         assert self._tar is not None
@@ -95,6 +102,7 @@ class ShardWriter:
             path = self.out / f"{self.prefix}-{len(self.paths):06d}.tar"
             self._tar = tarfile.open(path, "w")
             self.paths.append(str(path))
+            self._rows.append([])
             self._count = 0
         key = shard_key(rec.key)
         base, n = key, 1
@@ -102,15 +110,45 @@ class ShardWriter:
             key, n = f"{base}_{n}", n + 1
         self._keys.add(key)
         meta = {**{k: v for k, v in rec.meta.items() if _jsonable(v)}, **rec.captions, **(extra or {}), "key": rec.key}
+        js = json.dumps(meta, sort_keys=True).encode("utf-8")
+        assert self._tar is not None
+        start = self._tar.offset
         self._add(f"{key}.{rec.ext}", rec.image)
-        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+        self._add(f"{key}.json", js)
         self._count += 1
+        if rec.ext.lower() in IMAGE_EXTS:  # what the index (and the reader) counts as a sample
+            from lensforge.data.index import HEAD_BYTES, _header_hw, _json_hw
+
+            hw = _json_hw(js) or _header_hw(rec.image[:HEAD_BYTES])
+            if hw is None and len(rec.image) > HEAD_BYTES:
+                hw = _header_hw(rec.image[: 256 << 10])
+            self._rows[-1].append((start, self._tar.offset - start, *(hw or (0, 0))))
         return key
 
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+
+    def write_index(self, out: str | None = None) -> str:
+        """Write the index of the shards written so far (closes the current shard)."""
+        import numpy as np
+
+        from lensforge.data.index import ROW, IndexWriter, ShardScan, default_index_path
+        from lensforge.data.remote import _local_info
+
+        self.close()
+        out = out or default_index_path(str(self.out))
+        w = IndexWriter(out, image_exts=IMAGE_EXTS, extra={"path": str(self.out)})
+        try:
+            for path, rows in zip(self.paths, self._rows):
+                w.add(os.path.relpath(path, self.out).replace(os.sep, "/"), _local_info(path),
+                      ShardScan(np.array(rows, dtype=ROW) if rows else np.zeros(0, dtype=ROW)))
+            w.close()
+        except BaseException:
+            w.abort()
+            raise
+        return out
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -128,8 +166,9 @@ def _jsonable(v: Any) -> bool:
 
 
 def build_shards(source: DataSource, out_dir: str | os.PathLike, samples_per_shard: int = 1000,
-                 progress: bool = True) -> dict[str, Any]:
-    """Write every sample of ``source`` into shards; returns ``{shards, samples, no_header}``."""
+                 progress: bool = True, index: bool = True) -> dict[str, Any]:
+    """Write every sample of ``source`` into shards and (``index``) their index beside them;
+    returns ``{shards, samples, no_header, index}``."""
     from lensforge.data.sources.common import image_header_size
 
     n = len(source)
@@ -150,5 +189,6 @@ def build_shards(source: DataSource, out_dir: str | os.PathLike, samples_per_sha
                 no_header += 1
             w.write(rec, extra)
         paths = list(w.paths)
+        index_path = w.write_index() if index and paths else None
     log.info("wrote %d samples into %d shards under %s (%d without a readable header)", n, len(paths), out_dir, no_header)
-    return {"shards": paths, "samples": n, "no_header": no_header}
+    return {"shards": paths, "samples": n, "no_header": no_header, "index": index_path}

@@ -75,7 +75,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from lensforge.data.sources.synthetic import (
-    BACKGROUND_COLORS, GRADIENT_DIRECTIONS, PALETTE, SHAPES, SIZES, TEXTURES, cell_of, draw_shape,
+    BACKGROUND_COLORS, PALETTE, SHAPES, SIZES, cell_of, draw_shape,
     glyph_box, glyph_mask, texture_period,
 )
 from lensforge.errors import LensforgeError

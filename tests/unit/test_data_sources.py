@@ -123,16 +123,24 @@ def test_missing_dataset_path_is_reported_before_training(tmp_path, fakes):
     assert recipe.environment_problems() == [f"data.source.path: no .tar shards found at '{tmp_path}/missing'"]
 
 
-def test_shard_index_sidecar_is_reused_and_refreshed(tmp_path):
+def test_shard_index_is_reused_and_refreshed(tmp_path, caplog):
     folder = ImageFolderSource(ImageFolderSource.Config(path=str(make_folder(tmp_path / "f", n=6, corrupt=()))))
-    build_shards(folder, tmp_path / "sh", samples_per_shard=10, progress=False)
+    res = build_shards(folder, tmp_path / "sh", samples_per_shard=10, progress=False)
+    index = tmp_path / "sh" / "lensforge.index"
+    assert res["index"] == str(index) and index.is_file()  # written by build-shards, beside the shards
     tar = tmp_path / "sh" / "shard-000000.tar"
-    a = WebDatasetSource(WebDatasetSource.Config(path=str(tar)))
-    side = Path(str(tar) + ".idx.json")
-    assert side.is_file()
-    b = WebDatasetSource(WebDatasetSource.Config(path=str(tar)))
-    assert a.records == b.records and len(b) == 6
+    with caplog.at_level("WARNING", logger="lensforge.data"):
+        a = WebDatasetSource(WebDatasetSource.Config(path=str(tar)))  # one shard of the folder: its index serves
+        b = WebDatasetSource(WebDatasetSource.Config(path=str(tmp_path / "sh")))
+    assert not caplog.records and len(a) == len(b) == 6
     assert np.array_equal(a.get(2, (16, 16)).image.numpy(), b.get(2, (16, 16)).image.numpy())
+    # the shard rewritten without its index: the stale index is noticed, and a small set is indexed again
     build_shards(ImageFolderSource(ImageFolderSource.Config(path=str(make_folder(tmp_path / "g", n=4, corrupt=())))),
-                 tmp_path / "sh", samples_per_shard=10, progress=False)  # overwrite the shard
-    assert len(WebDatasetSource(WebDatasetSource.Config(path=str(tar)))) == 4
+                 tmp_path / "sh", samples_per_shard=10, progress=False, index=False)
+    with caplog.at_level("WARNING", logger="lensforge.data"):
+        assert len(WebDatasetSource(WebDatasetSource.Config(path=str(tar)))) == 4
+    assert "is stale" in caplog.text and "lensforge data index" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lensforge.data"):  # ... and written, so the next start reads it
+        assert len(WebDatasetSource(WebDatasetSource.Config(path=str(tar)))) == 4
+    assert not caplog.records
