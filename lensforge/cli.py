@@ -21,9 +21,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "plugins": ("lensforge.commands.plugins", "list plugins (kind, name, provenance, summary)"),
     "plan": ("lensforge.commands.plan", "parameter counts and per-GPU memory estimate of a recipe"),
     "cache": ("lensforge.commands.cache", "precompute VAE latents and text features for a recipe"),
-    "data": ("lensforge.commands.data", "data tools: build-shards, stats, packing"),
+    "data": ("lensforge.commands.data", "data tools: build-shards, index, stats, packing, prompts, rubrics"),
     "sample": ("lensforge.commands.sample", "generate images from a checkpoint or exported folder"),
     "export": ("lensforge.commands.export", "write a diffusers-format Hugging Face folder"),
+    "eval": ("lensforge.commands.eval", "score runs / checkpoints / exports on a suite, side by side"),
 }
 
 

@@ -44,7 +44,7 @@ KINDS: dict[str, str] = {
     "attention": "lensforge.interfaces.models:AttentionBackend",
     "data": "lensforge.interfaces.data:DataSource",
     "stage": "lensforge.interfaces.stage:Stage",
-    "reward": "lensforge.interfaces.plugin:Plugin",
+    "reward": "lensforge.interfaces.reward:Reward",
     "reasoner": "lensforge.interfaces.plugin:Plugin",
 }
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_cli(args)
     if verb == "prompts":
-        from lensforge.data.prompts_cli import run as _prompts
+        from lensforge.data.synthetic_prompts import run as _prompts
 
         return _prompts(args)
     args._data_parser.print_help()
@@ -152,7 +152,7 @@ def _data_config(args: argparse.Namespace) -> tuple[Any, int, int]:
         cfg = recipe.config.data
         seed = recipe.config.seed
         vae = recipe.config.model.vae
-        spec = vae.cls.latent_spec(vae.config) if hasattr(vae.cls, "latent_spec") else None
+        spec = vae.schema.latent_spec(vae.config) if hasattr(vae.schema, "latent_spec") else None
         if spec is not None:
             downsample = int(spec.downsample)
     else:

@@ -60,13 +60,16 @@ not collect every "is there a …" item for free — the same rule :func:`verify
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from lensforge.data.sources.synthetic import (
     BACKGROUND_COLORS, BACKGROUND_KINDS, GRADIENT_DIRECTIONS, PALETTE, SHAPES, SIZES, TEXTURES,
 )
 from lensforge.data.verifier import (
-    Analysis, Detection, analyze, background_checks, match_scene, relation_holds, text_score,
+    BLANK_COLORS, Analysis, Detection, analyze, background_checks, blank_image, match_scene, noise_image,
+    relation_holds, text_score, verify,
 )
 from lensforge.errors import LensforgeError
 
@@ -301,3 +304,67 @@ def score_row(image: Any, row: dict[str, Any], *, analysis: Analysis | None = No
     return {"items": items, "mean": mean, "clutter": clutter, "score": mean * clutter,
             "strict": all(v >= 1.0 - 1e-9 for v in items.values()),
             "kinds": {k: sum(v) / len(v) for k, v in kinds.items()}, "detections": len(a.detections)}
+
+
+# ---------------------------------------------------------------------------------------------
+# noise baseline
+
+
+def _item_size(item: dict[str, Any], default: tuple[int, int]) -> tuple[int, int]:
+    if item.get("height") and item.get("width"):
+        return int(item["height"]), int(item["width"])
+    return default
+
+
+def _mean(results: list[dict[str, float]]) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for r in results:
+        for k, v in r.items():
+            if isinstance(v, (int, float)):
+                acc.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def noise_baseline(items: Sequence[dict[str, Any]], *, size: tuple[int, int] = (64, 64), seed: int = 0,
+                   extra: dict[str, Sequence[Any]] | None = None,
+                   score: Callable[[Any, dict[str, Any]], dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """Mean scores of images that carry no prompt information, against ``items``.
+
+    ``items`` are scenes (scored with :func:`~lensforge.data.verifier.verify`) or prompt-set rows (scored with
+    :func:`score_row`: ``score``, the per-category means ``category/NAME``
+    and the per-check-kind means ``kind/NAME``). For each item: a blank image (a flat colour from
+    :data:`BLANK_COLORS` chosen by a seeded draw, not by the prompt) and uniform noise, at the row's
+    ``height``/``width`` or ``size``. ``extra`` adds named image lists aligned with ``items`` (an
+    untrained model's samples …). ``score(image, item)`` replaces the scorer. Returns
+    ``{"blank": {...}, "noise": {...}, **{name: {...}}}``.
+    """
+    if not items:
+        raise LensforgeError("noise_baseline needs at least one scene or prompt row")
+    if score is None:
+        score = _default_scorer(items[0])
+    rng = np.random.default_rng(seed)
+    sets: dict[str, list[Any]] = {"blank": [], "noise": []}
+    for i, it in enumerate(items):
+        sz = _item_size(it, size)
+        sets["blank"].append(blank_image(sz, int(rng.integers(len(BLANK_COLORS)))))
+        sets["noise"].append(noise_image(sz, seed=int(rng.integers(2**31))))
+    for name, imgs in (extra or {}).items():
+        if len(imgs) != len(items):
+            raise LensforgeError(f"noise_baseline: '{name}' has {len(imgs)} images for {len(items)} items")
+        sets[name] = list(imgs)
+    return {name: _mean([score(im, it) for im, it in zip(imgs, items)]) for name, imgs in sets.items()}
+
+
+def _default_scorer(item: dict[str, Any]) -> Callable[[Any, dict[str, Any]], dict[str, float]]:
+    if "rubric" in item:
+        def by_row(im: Any, row: dict[str, Any]) -> dict[str, float]:
+            r = score_row(im, row)
+            out = {"score": r["score"], f"category/{row.get('category', '')}": r["score"]}
+            for kind, v in r["kinds"].items():
+                out[f"kind/{kind}"] = v
+            return out
+
+        return by_row
+    if "objects" in item:
+        return lambda im, sc: verify(im, sc)
+    raise LensforgeError("noise_baseline items must be scenes (with 'objects') or prompt rows (with 'rubric')")

@@ -1,4 +1,4 @@
-"""``lensforge data prompts SRC OUT``: arguments and entry point (light to import; the work is in
+"""``lensforge data prompts SRC OUT``: its arguments (light to import; the work is in
 :mod:`lensforge.data.synthetic_prompts`).
 
 * ``synthetic:N`` — the taxonomy prompt set: categories in turn, one rubric item per stated fact;
@@ -32,8 +32,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=64,
                    help="aspect_ratio rows get height/width near RESOLUTION² pixels, multiples of 16 (default 64)")
 
-
-def run(args: argparse.Namespace) -> int:
-    from lensforge.data.synthetic_prompts import run as _run
-
-    return _run(args)

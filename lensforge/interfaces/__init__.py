@@ -27,6 +27,8 @@ _LAZY = {
     "StageSchema": "lensforge.interfaces.schema",
     "Plugin": "lensforge.interfaces.plugin",
     "Stage": "lensforge.interfaces.stage",
+    "Reward": "lensforge.interfaces.reward",
+    "RewardOutput": "lensforge.interfaces.reward",
 }
 
 __all__ = sorted(_LAZY)

@@ -160,6 +160,8 @@ class SamplingConfig:
     """Sample width in pixels."""
     seed: int = 0
     """Sampling seed."""
+    reward: PluginRef = plugin_field("reward", {"name": "verifier"})
+    """Reward plugin scoring the validation samples (registry kind ``reward``; the synthetic world's ``verifier``)."""
 
 
 @dataclass(kw_only=True)

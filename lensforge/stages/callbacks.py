@@ -1,4 +1,9 @@
-"""Training callbacks of the stages: periodic validation sampling scored by the data's verifier."""
+"""Training callbacks of the stages: periodic validation sampling, scored by a reward plugin.
+
+The prompts, the packed generation and the scoring are :mod:`lensforge.eval`'s (the ``validation``
+suite, ``sampling.reward`` from the registry — the synthetic world's ``verifier`` by default), so the
+numbers during training are the ones ``lensforge eval RUN`` reports.
+"""
 
 from __future__ import annotations
 
@@ -18,53 +23,27 @@ from lensforge.fileio import atomic_path, atomic_write_text
 log = logging.getLogger("lensforge.sampling")
 
 
-def eval_items(recipe_cfg: Any, num_prompts: int | None = None, seed: int | None = None) -> list[dict[str, Any]]:
-    """The validation prompts: ``sampling.prompts`` or the data source's ``eval_prompts`` (with scenes).
+def validation_suite(recipe_cfg: Any, num_prompts: int | None = None, seed: int | None = None) -> Any:
+    """The validation prompts as an eval suite: ``sampling.prompts`` (no scenes: generated, not scored) or
+    the data source's held-out prompts with their scenes (:func:`lensforge.eval.suites.build_suite`).
 
-    ``num_prompts`` / ``seed`` replace ``sampling.num_prompts`` / ``sampling.seed`` (scoring more
-    held-out prompts after training, ``tools/eval_run.py``).
-    Returns ``[{"prompt": str, "scene": dict | None, "key": str}]``.
+    ``num_prompts`` / ``seed`` replace ``sampling.num_prompts`` / ``sampling.seed``. Image ``i`` is seeded
+    with ``sampling.seed + i``. None when there is nothing to sample.
     """
+    from lensforge.eval.suites import Suite, build_suite, expand
+
     sc = recipe_cfg.sampling
     n = sc.num_prompts if num_prompts is None else num_prompts
+    s = sc.seed if seed is None else seed
+    size = (int(sc.height), int(sc.width))
     if sc.prompts:
-        return [{"prompt": p, "scene": None, "key": f"prompt/{i:03d}"} for i, p in enumerate(sc.prompts)]
-    source = recipe_cfg.data.source.build()
-    fn = getattr(source, "eval_prompts", None)
-    if not callable(fn) or n <= 0:
+        rows = [{"id": f"prompt/{i:03d}", "prompt": p, "category": "prompts", "rubric": []} for i, p in enumerate(sc.prompts)]
+        return Suite("validation", expand(rows, [s], size), "validation", notes=["sampling.prompts"])
+    if n <= 0 or not callable(getattr(recipe_cfg.data.source.cls, "eval_prompts", None)):
         log.info("validation sampling: no sampling.prompts and data source '%s' has no eval_prompts; sampling off",
                  recipe_cfg.data.source.name)
-        return []
-    field = recipe_cfg.data.captions.field if recipe_cfg.data.captions.field in ("dense", "short") else "dense"
-    items = []
-    for i, ep in enumerate(fn(n, sc.seed if seed is None else seed, field)):
-        items.append({"prompt": ep.prompt, "scene": getattr(ep, "scene", None), "key": getattr(ep, "key", f"eval/{i}")})
-    return items
-
-
-def verifier_scores(images: list[torch.Tensor], scenes: list[Any]) -> list[dict[str, float] | None]:
-    """Per-attribute scores of each image against its scene (:func:`lensforge.data.verifier.verify`).
-
-    Each entry is ``{"overall": …, "color": …, "shape": …, …}``, or None for a prompt without a scene.
-    """
-    if not any(s is not None for s in scenes):
-        return [None] * len(images)
-    from lensforge.data.verifier import verify
-
-    out: list[dict[str, float] | None] = []
-    for im, sc in zip(images, scenes):
-        if sc is None:
-            out.append(None)
-            continue
-        res = verify(im, sc)
-        out.append(_score_of(res))
-    return out
-
-
-def _score_of(res: Any) -> dict[str, float]:
-    if isinstance(res, (int, float)):
-        return {"overall": float(res)}
-    return {k: float(v) for k, v in dict(res).items() if isinstance(v, (int, float))}
+        return None
+    return build_suite("validation", recipe_cfg, num_prompts=n, seeds=[s], size=size, prompt_seed=s)
 
 
 def mean_scores(scores: list[dict[str, float] | None]) -> dict[str, float]:
@@ -92,7 +71,9 @@ class ValidationSampling(Callback):
         self.out_dir = Path(out_dir)
         self.tracker = tracker
         self.all_ranks = all_ranks
-        self.items: list[dict[str, Any]] | None = None
+        self.suite: Any = None
+        self.reward: Any = None
+        self._prepared = False
         self.last_step: int | None = None
         self.last_score: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -107,28 +88,44 @@ class ValidationSampling(Callback):
         if trainer.global_step != self.last_step:
             self.sample(trainer, pl_module, trainer.global_step)
 
+    def _prepare(self) -> None:
+        if self.suite is not None or self._prepared:
+            return
+        self._prepared = True
+        self.suite = validation_suite(self.recipe_cfg)
+        if self.suite is None:
+            return
+        self.reward = self.cfg.reward.build()
+        problems = self.reward.check_rows([it.row for it in self.suite.items])
+        if problems:
+            log.info("validation sampling: reward '%s' cannot score these prompts (%s); images are saved unscored",
+                     self.cfg.reward.name, problems[0])
+            self.reward = None
+
     def sample(self, trainer: L.Trainer, pl_module: Any, step: int) -> float | None:
-        from lensforge.sampling.sampler import generate, make_grid, save_images
+        from lensforge.eval.run import generate_images, score_images
+        from lensforge.sampling.sampler import make_grid, save_images
 
         self.last_step = step
         if not (trainer.is_global_zero or self.all_ranks):
             return None
-        if self.items is None:
-            self.items = eval_items(self.recipe_cfg)
-        if not self.items:
+        self._prepare()
+        if self.suite is None or not self.suite.items:
             return None
-        prompts = [it["prompt"] for it in self.items]
-        seeds = [self.cfg.seed + i for i in range(len(prompts))]
-        sizes = [(self.cfg.height, self.cfg.width)] * len(prompts)
+        items = self.suite.items
+        prompts = [str(it.row["prompt"]) for it in items]
         dit = pl_module.sampling_dit()
         ctx = trainer.precision_plugin.forward_context() if hasattr(trainer, "precision_plugin") else nullcontext()
         with ctx:
-            images = generate(dit, pl_module.vae, pl_module.text_encoder, prompts, sizes, steps=self.cfg.steps,
-                              guidance_scale=self.cfg.guidance_scale, seeds=seeds,
-                              progress=bool(self.recipe_cfg.trainer.progress_bar))
+            images = generate_images(dit, pl_module.vae, pl_module.text_encoder, items, prompts, steps=self.cfg.steps,
+                                     guidance_scale=self.cfg.guidance_scale, batch_size=len(items))
         if not trainer.is_global_zero:
             return None
-        scores = verifier_scores(images, [it["scene"] for it in self.items])
+        scores: list[dict[str, float] | None] = [None] * len(items)
+        if self.reward is not None:
+            for i, sc in enumerate(score_images(self.reward, items, images, prompts)):
+                if sc.failure is None:
+                    scores[i] = dict(sc.details.get("attributes") or {"overall": sc.reward, **sc.items})
         folder = self.out_dir / f"step_{step:07d}"
         save_images(images, folder, [f"{i:02d}" for i in range(len(images))])
         grid = make_grid(images)
@@ -140,9 +137,9 @@ class ValidationSampling(Callback):
         results = {
             "step": step, "ema": pl_module.sampling_dit() is not pl_module.dit, "steps": self.cfg.steps,
             "guidance_scale": self.cfg.guidance_scale, "size": [self.cfg.height, self.cfg.width],
-            "verifier_score_mean": mean, "verifier_attribute_means": means,
-            "samples": [{"file": f"{i:02d}.png", "prompt": it["prompt"], "key": it["key"], "seed": sd, "score": sc}
-                        for i, (it, sd, sc) in enumerate(zip(self.items, seeds, scores))],
+            "reward": self.cfg.reward.name, "verifier_score_mean": mean, "verifier_attribute_means": means,
+            "samples": [{"file": f"{i:02d}.png", "prompt": it.row["prompt"], "key": it.row["id"], "seed": it.seed,
+                         "score": sc} for i, (it, sc) in enumerate(zip(items, scores))],
         }
         atomic_write_text(folder / "results.json", json.dumps(results, indent=1))
         self.last_score = mean
@@ -166,4 +163,4 @@ class ValidationSampling(Callback):
         return {"verifier_score": self.last_score, "samples": self.history}
 
 
-__all__ = ["ValidationSampling", "eval_items", "verifier_scores"]
+__all__ = ["ValidationSampling", "mean_scores", "validation_suite"]

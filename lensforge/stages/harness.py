@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import sys
 import time
@@ -181,6 +180,7 @@ def fit(stage_cls: type, recipe: Any) -> dict[str, Any]:
             "tensors or plain data; lensforge never runs a checkpoint's pickle") from None
     if run.tracker is not None and trainer.is_global_zero:
         run.tracker.log_metrics({"run/wall_seconds": run.elapsed()}, step=trainer.global_step)
+        run.tracker.flush()  # logged after the Trainer finalized the run: write it before the process ends
     summary: dict[str, Any] = {
         "output_dir": str(run.out),
         "stage": str(cfg.stage.name),

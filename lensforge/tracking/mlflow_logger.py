@@ -144,15 +144,21 @@ class MLflowTracker(Logger):
             self._client.log_batch(self._run_id, metrics=items[i : i + 900], synchronous=False)
 
     @rank_zero_only
+    def flush(self) -> None:
+        """Write every metric logged with ``synchronous=False`` (flush *this* client's store:
+        ``mlflow.flush_async_logging()`` would open the default store, creating ./mlflow.db)."""
+        if self._client is None:
+            return
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        if store is not None and hasattr(store, "flush_async_logging"):
+            store.flush_async_logging()
+
+    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if self._run_id is None:
             return
         state = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, "FINISHED")
-        # every metric logged with synchronous=False is written first (flush *this* client's store:
-        # mlflow.flush_async_logging() would open the default store, creating ./mlflow.db)
-        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
-        if store is not None and hasattr(store, "flush_async_logging"):
-            store.flush_async_logging()
+        self.flush()
         self._client.set_terminated(self._run_id, state)
 
     # ------------------------------------------------------------------ lensforge records

@@ -15,8 +15,9 @@ from lensforge.data.sources.synthetic import (
     BACKGROUND_COLORS, GRADIENT_DIRECTIONS, PALETTE, SHAPES, TEXTURES, SyntheticWorld, render_scene, to_tensor,
 )
 from lensforge.data.verifier import (
-    ACCEPT, ATTRIBUTES, analyze, blank_image, detect, estimate_background, noise_baseline, noise_image, verify,
+    ACCEPT, ATTRIBUTES, analyze, blank_image, detect, estimate_background, noise_image, verify,
 )
+from lensforge.data.checks import noise_baseline
 from lensforge.errors import LensforgeError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from lensforge.data.sources.synthetic import SyntheticWorld, render_scene
 from lensforge.data.synthetic_prompts import (
     geneval_correct, geneval_rows, geneval_summary, size_for_ratio, taxonomy_rows, world_config,
 )
-from lensforge.data.verifier import analyze, noise_baseline
+from lensforge.data.checks import noise_baseline
+from lensforge.data.verifier import analyze
 from lensforge.errors import LensforgeError
 
 TINY_WORLD = ["max_objects=1", "shapes=[circle,square,triangle]", "colors=[red,green,blue,yellow]", "sizes=[huge]",
