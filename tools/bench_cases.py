@@ -311,6 +311,44 @@ def bench_sampler(repeats: int, quick: bool) -> Result:
     return res
 
 
+def training_consumption(recipe_path: str = SMOKE_RECIPE) -> float:
+    """Samples/s the tiny recipe's training step consumes: 8 real steps (encoders' memo warm) on this machine."""
+    import time
+
+    import lightning as L
+
+    from lensforge.data import build_datamodule
+    from lensforge.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, ["resume=never"])
+    cfg = recipe.config
+    L.seed_everything(0, verbose=False)
+    stage = cfg.stage.cls.build(recipe)
+    dit = stage.dit
+    opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
+    dm = build_datamodule(cfg.data, downsample=16, seed=0)
+    dm.setup("fit")
+    batches = [b for b, _ in zip(dm.train_dataloader(), range(12))]
+    for b in batches[:4]:  # fill the memo like a long run (steady state)
+        stage.encode_batch(b)
+
+    def step(b):
+        latents, text = stage.encode_batch(b)
+        loss, _ = stage.flow_matching_loss(latents, text)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for b in batches[:4]:
+        step(b)
+    t0 = time.perf_counter()
+    n = 0
+    for b in batches[4:]:
+        step(b)
+        n += len(b)
+    return n / (time.perf_counter() - t0)
+
+
 def bench_data(repeats: int, quick: bool) -> Result:
     """Loader samples/s (synthetic world, WebDataset shards) at 0/1/2 workers vs the training step's consumption."""
     import tempfile
@@ -352,35 +390,7 @@ def bench_data(repeats: int, quick: bool) -> Result:
     wds_cls = __import__("lensforge.registry", fromlist=["get"]).get("data", "webdataset")
     wds_cfg = dataclasses.replace(cfg.data, source=PluginRef("data", "webdataset", wds_cls, wds_cls.Config(path=tmp)))
 
-    # the training step's consumption (samples/s) on the same recipe: a few real steps
-    import lightning as L
-
-    L.seed_everything(0, verbose=False)
-    stage = cfg.stage.cls.build(recipe)
-    dit = stage.dit
-    opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
-    dm = build_datamodule(cfg.data, downsample=16, seed=0)
-    dm.setup("fit")
-    batches = [b for b, _ in zip(dm.train_dataloader(), range(12))]
-    for b in batches[:4]:  # fill the memo like a long run (steady state)
-        stage.encode_batch(b)
-
-    def step(b):
-        latents, text = stage.encode_batch(b)
-        loss, _ = stage.flow_matching_loss(latents, text)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for b in batches[:4]:
-        step(b)
-    t0 = time.perf_counter()
-    n = 0
-    for b in batches[4:]:
-        step(b)
-        n += len(b)
-    consumption = n / (time.perf_counter() - t0)
-
+    consumption = training_consumption()
     res = Result(title="Data: loader throughput vs the training step's consumption (samples/s)",
                  target="≥ 5× the training step's consumption at 2 workers")
     for label, dcfg in (("synthetic world", cfg.data), ("WebDataset shards", wds_cfg)):
@@ -447,11 +457,20 @@ def bench_cli(repeats: int, quick: bool) -> Result:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_data_scale(repeats: int, quick: bool) -> Result:
+    """WebDataset at 1M samples: index build, resident bytes/sample, 2-worker start-up, throughput local and
+    from S3 / HTTP servers on 127.0.0.1 — vs today's reader (a baseline revision) in the same run."""
+    from bench_data_scale import run
+
+    return run(repeats=repeats, quick=quick)
+
+
 BENCHMARKS: dict[str, tuple[Callable[..., Result], str, bool]] = {
     "framework": (bench_framework, "`lensforge fit` steps vs a minimal PyTorch loop", True),
     "cli": (bench_cli, "`lensforge plugins` / `validate` wall time vs a baseline revision", True),
     "sampler": (bench_sampler, "lensforge sampler vs a minimal Euler loop; 4/20/50 steps", True),
     "data": (bench_data, "loader samples/s (synthetic, shards) at 0/1/2 workers vs training consumption", True),
+    "data_scale": (bench_data_scale, "1M-sample shards: index, memory, start-up, local + S3/HTTP throughput vs today's reader", True),
     "packing": (bench_packing, "training step: packed vs padded vs one bucket per batch", True),
     "attention": (bench_attention, "attention backends on CPU at several packed shapes", True),
     "h100": (bench_h100, "H100: 1024² latency (20/4 steps), training MFU, xformers vs SDPA", False),

@@ -20,6 +20,13 @@ saved by torchdata's ``StatefulDataLoader`` per worker after every batch and res
 iteration; buffered samples are re-loaded deterministically. Resume with the same world size and
 ``num_workers``. Rank and world size come from ``torch.distributed`` when it is initialised (the
 trainer runs with ``use_distributed_sampler=False``).
+
+Scale: an epoch's order is a uint32 permutation up to 16.7M samples and a per-position keyed
+bijection (:class:`FeistelOrder`) above, so no worker materialises an order of hundreds of millions
+of indices. A source with a ``readahead`` (remote indexed shards) is asked to ``prefetch`` the next
+indices of the order in growing windows, so their reads overlap. A source in ``mode: streaming``
+(shards without an index) gets a :class:`lensforge.data.streaming.ShardStream` instead, which
+splits shards, not indices, across ranks × workers.
 """
 
 from __future__ import annotations
@@ -240,10 +247,11 @@ class PackedStream(IterableDataset):
             epoch = st["epoch"]
             order = self.epoch_order(epoch)[shard::num_shards]
             loaded_this_epoch = 0
-            ahead = st["cursor"]
+            ahead, window = st["cursor"], min(8, readahead)
             while st["cursor"] < len(order):
-                if readahead and st["cursor"] >= ahead:
-                    ahead = min(len(order), st["cursor"] + readahead)
+                if readahead and st["cursor"] >= ahead:  # windows of 8, 16, … readahead: the first batch comes soon
+                    ahead = min(len(order), st["cursor"] + window)
+                    window = min(readahead, 2 * window)
                     self.source.prefetch([int(i) for i in order[st["cursor"]:ahead]])
                 idx = int(order[st["cursor"]])
                 st["cursor"] += 1

@@ -36,7 +36,7 @@ import numpy as np
 from lensforge.data.loader import PackedStream, _Item, mix64
 from lensforge.data.packing import TokenBudgetPacker
 from lensforge.errors import LensforgeError
-from lensforge.interfaces import DataBatch
+from lensforge.interfaces import DataBatch, SampleError
 
 log = logging.getLogger("lensforge.data")
 
@@ -76,10 +76,7 @@ class ShardStream(PackedStream):
         si, _, off, size = (int(x) for x in ref)
         try:
             key, members = self.source.read_ref(si, off, size)
-        except OSError as e:
-            log.warning("cannot re-read buffered sample %s on resume (%s)", ref, e)
-            return list(ref), None, None
-        except Exception as e:  # noqa: BLE001 - SampleError: skipped when it is drawn
+        except (OSError, SampleError) as e:  # kept as a placeholder: skipped and counted when it is drawn
             log.warning("cannot re-read buffered sample %s on resume (%s)", ref, e)
             return list(ref), None, None
         return list(ref), key, members

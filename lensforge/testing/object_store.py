@@ -80,13 +80,17 @@ class _PlainHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024  # socketserver's default backlog (5) drops concurrent connections (1 s SYN retries)
+    daemon_threads = True
+
+
 class HttpFileServer:
     """Serve ``root`` on ``http://127.0.0.1:<port>/`` in a thread (``ranges=False``: plain ``http.server``)."""
 
     def __init__(self, root: str | os.PathLike, ranges: bool = True):
         handler = _RangeHandler if ranges else _PlainHandler
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
