@@ -270,9 +270,9 @@ class IndexWriter:
             os.close(fd)
         else:
             self._local = local_path(out)
-            os.makedirs(os.path.dirname(os.path.abspath(self._local)), exist_ok=True)
         self._tmp = f"{self._local}.{os.getpid()}.tmp"
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(self._local)), exist_ok=True)
             self._f: IO[bytes] = open(self._tmp, "wb")
         except OSError as e:
             raise LensforgeError(f"cannot write the index '{out}': {e}") from None

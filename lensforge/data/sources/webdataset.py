@@ -40,6 +40,7 @@ from lensforge.data.sources.common import (
 )
 from lensforge.errors import LensforgeError
 from lensforge.interfaces.data import DataSource, SampleError  # light: validation imports this module
+from lensforge.recipe.plugin_config import NonNegativeInt, PositiveInt
 from lensforge.registry import register
 
 log = logging.getLogger("lensforge.data")
@@ -62,13 +63,13 @@ class WebDatasetSource(DataSource):
     class Config:
         path: str = "???"
         """Shards: a .tar, a folder (searched recursively), a glob, or a URL (``s3://bucket/prefix/``,
-        ``gs://…``, ``https://…/shard-{000000..000999}.tar``; remote needs ``pip install 'lensforge[remote]'``)."""
+        ``gs://…``, ``https://…/shard-{000000..000999}.tar``; remote stores need the ``remote`` extra)."""
         mode: Literal["indexed", "streaming"] = "indexed"
         """``indexed``: map-style reads through the set's index (exact order, any shuffle); ``streaming``:
         whole shards per worker through a shuffle buffer, for sets that cannot be indexed up front."""
         index: str | None = None
         """The index file (default ``lensforge.index`` beside the shards; may be a URL)."""
-        auto_index: int = 64
+        auto_index: NonNegativeInt = 64
         """Sets of at most this many shards are indexed at start-up (with a warning) when the index is missing
         or stale; larger ones stop with the command that builds it. 0 = never."""
         index_cache: bool = True
@@ -79,9 +80,9 @@ class WebDatasetSource(DataSource):
         """fsspec options of a remote store, e.g. ``{endpoint_url: 'http://127.0.0.1:9000', anon: false}``."""
         cache_dir: str | None = None
         """Where a remote index is copied to be memory-mapped (default ``~/.cache/lensforge/index``)."""
-        readahead: int = 64
+        readahead: NonNegativeInt = 64
         """Indexed remote sets: samples fetched concurrently ahead of the loader (0 = one request at a time)."""
-        shuffle_buffer: int = 512
+        shuffle_buffer: PositiveInt = 512
         """Streaming: samples held (as bytes) per worker to shuffle the stream (1 = shard order)."""
         image_exts: list[str] = field(default_factory=lambda: list(IMAGE_EXTS))
         """Member extensions treated as the sample's image."""
@@ -92,9 +93,9 @@ class WebDatasetSource(DataSource):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        for name in ("auto_index", "readahead", "shuffle_buffer"):
-            if getattr(config, name) < 0:
-                raise LensforgeError(f"webdataset {name} must be >= 0, got {getattr(config, name)}")
+        for name in ("auto_index", "readahead", "shuffle_buffer"):  # also schema ranges (validate reports them)
+            if getattr(config, name) < (1 if name == "shuffle_buffer" else 0):
+                raise LensforgeError(f"webdataset {name} is out of range: {getattr(config, name)}")
         self.exts = {e.lower().lstrip(".") for e in config.image_exts}
         self.base = base_dir(config.path)
         self.reader = Reader(config.storage_options)
