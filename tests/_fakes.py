@@ -138,3 +138,23 @@ class FakeSource(DataSource):
         g = torch.Generator().manual_seed(index)
         rgb = torch.rand(3, 1, 1, generator=g) * 2 - 1
         return Sample(image=rgb.expand(3, h, w).clone(), captions={"dense": f"colour {index}", "short": "c"}, key=str(index))
+
+
+@register("reward", "fake_redness")
+class RednessReward(__import__("lensforge.interfaces.reward", fromlist=["Reward"]).Reward):
+    """Prefers red: 0.5 + mean(R − (G + B)/2)/2 over the image's pixels, clamped to [0, 1]."""
+
+    @dataclass(kw_only=True)
+    class Config:
+        gain: float = 1.0
+        """Multiplies the redness before the clamp."""
+
+    def score(self, images, rows):
+        from lensforge.interfaces.reward import RewardOutput
+
+        out = []
+        for im in images:
+            im = torch.as_tensor(im).float()
+            red = (im[0] - (im[1] + im[2]) / 2).mean()
+            out.append(float((0.5 + self.config.gain * red / 2).clamp(0, 1)))
+        return RewardOutput(rewards=out, items=[{"redness": r} for r in out])

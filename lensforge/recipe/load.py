@@ -47,13 +47,18 @@ class Recipe:
         return yaml.safe_dump(config_to_dict(self.config), sort_keys=False, default_flow_style=None, width=100)
 
     def plugins(self) -> dict[str, Any]:
-        """``{dotted path: PluginRef}`` for every plugin node."""
+        """``{dotted path: PluginRef}`` for every plugin node that is set (optional nodes may be null),
+        the DiT nodes of extra roles (``model.roles.<role>.dit``) included."""
         out = {}
         for path in sorted(plugin_paths()):
             obj: Any = self.config
             for part in path.split("."):
                 obj = getattr(obj, part)
-            out[path] = obj
+            if obj is not None:
+                out[path] = obj
+        for role, rc in sorted((getattr(self.config.model, "roles", None) or {}).items()):
+            if getattr(rc, "dit", None) is not None:
+                out[f"model.roles.{role}.dit"] = rc.dit
         return out
 
     def environment_issues(self) -> list[Problem]:

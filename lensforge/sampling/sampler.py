@@ -135,6 +135,49 @@ def euler_step(x_tok: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, lens
     return x_tok.float() + dt * v.float()
 
 
+def _per_token(values: Tensor, lens: Tensor, like: Tensor) -> Tensor:
+    return torch.repeat_interleave(values.float(), lens.to(values.device))[:, None].to(like.device)
+
+
+def sde_std(sigma: Tensor, sigma_max: Tensor, noise_level: float) -> Tensor:
+    """Flow-GRPO's noise scale ``σ_t = a·sqrt(σ / (1 − σ))`` per sample (σ = 1 replaced by ``sigma_max``,
+    the schedule's second value, to avoid dividing by zero)."""
+    s = sigma.float()
+    denom = 1.0 - torch.where(s >= 1.0, sigma_max.float(), s)
+    return noise_level * torch.sqrt(s / denom)
+
+
+def sde_step(x_tok: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, lens: Tensor, *, sigma_max: Tensor,
+             noise_level: float, noise: Tensor | None = None, prev: Tensor | None = None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One stochastic step of the Lens sampler's flow as an SDE (Flow-GRPO's ``sde`` form), per sample.
+
+    With ``dt = σ' − σ < 0`` and ``σ_t`` = :func:`sde_std`::
+
+        μ  = x·(1 + σ_t²/(2σ)·dt) + v·(1 + σ_t²(1 − σ)/(2σ))·dt
+        x' = μ + σ_t·sqrt(−dt)·ξ,   ξ ~ N(0, I)
+
+    ``noise`` gives ξ (packed like ``x_tok``) or ``prev`` gives x' (to score a recorded step). Returns
+    ``(x', μ, std per token, log p(x') per sample)`` — the Gaussian log-density averaged over each
+    sample's tokens and channels, in float32 (bf16 overflows here).
+    """
+    x, v = x_tok.float(), v.float()
+    s = _per_token(sigma, lens, x)
+    dt = _per_token(sigma_next - sigma, lens, x)
+    std_t = _per_token(sde_std(sigma, sigma_max, noise_level), lens, x)
+    mean = x * (1 + std_t ** 2 / (2 * s) * dt) + v * (1 + std_t ** 2 * (1 - s) / (2 * s)) * dt
+    scale = std_t * torch.sqrt(-dt)
+    if prev is None:
+        if noise is None:
+            raise LensforgeError("sde_step: give noise (to draw x') or prev (to score it)")
+        prev = mean + scale * noise.float()
+    prev = prev.float()
+    log_prob = -((prev - mean) ** 2) / (2 * scale ** 2) - torch.log(scale) - math.log(math.sqrt(2 * math.pi))
+    idx = torch.repeat_interleave(torch.arange(len(lens), device=x.device), lens.to(x.device))
+    per_sample = torch.zeros(len(lens), device=x.device).index_add_(0, idx, log_prob.mean(-1)) / lens.to(x.device).float()
+    return prev, mean, scale, per_sample
+
+
 @torch.no_grad()
 def sample_latents(
     dit: torch.nn.Module,
@@ -329,5 +372,5 @@ def save_images(images: Sequence[Tensor], out_dir: str | os.PathLike, names: Seq
 
 __all__ = [
     "cfg_rescale", "empty_text_like", "euler_step", "generate", "guided_velocity", "make_grid", "model_timesteps",
-    "sample_latents", "save_images", "to_pil",
+    "sample_latents", "save_images", "sde_std", "sde_step", "to_pil",
 ]

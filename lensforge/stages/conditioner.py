@@ -109,11 +109,14 @@ class Conditioner:
         if self.memo_features > 0 and not self.sample_posterior:
             latents = [self._memo_latent(str(k), im, device) for k, im in zip(batch.keys, batch.images)]
             return latents, encode_kept(prompts, self._memo_text, tuple(self.text_encoder.feature_dims), device)
-        return self.encode_images(batch.images, device=device, generator=generator), self.encode_prompts(prompts, device=device)
+        text = encode_kept(prompts, self.text_encoder.encode, tuple(self.text_encoder.feature_dims), device)
+        return self.encode_images(batch.images, device=device, generator=generator), text
 
     def encode_prompts(self, prompts: list[str], *, device: Any) -> TextFeatures:
-        """Text features of ``prompts`` from the text encoder (dropped prompts: zero tokens, not encoded)."""
-        return encode_kept(list(prompts), self.text_encoder.encode, tuple(self.text_encoder.feature_dims), device)
+        """Text features of ``prompts`` from the text encoder (through the memo when ``memo_features`` > 0;
+        dropped prompts: zero tokens, not encoded)."""
+        encode = self._memo_text if self.memo_features > 0 else self.text_encoder.encode
+        return encode_kept(list(prompts), encode, tuple(self.text_encoder.feature_dims), device)
 
     def encode_images(self, images: list[Tensor], *, device: Any, generator: torch.Generator | None = None) -> list[Tensor]:
         """VAE latents of images of any sizes (encoded in groups of equal size, returned in order)."""

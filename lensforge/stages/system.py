@@ -56,6 +56,10 @@ class Sections:
     """The run's seed (the noise generator of rank r is seeded from it)."""
     record: dict[str, Any] = field(default_factory=dict)
     """The resolved recipe as plain data: stored in checkpoints so they can be rebuilt, never read here."""
+    data: Any = None
+    """The ``data`` section (stages that draw sizes from its resolution policy, e.g. RL rollouts)."""
+    sampling: Any = None
+    """The ``sampling`` section (validation settings)."""
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -93,6 +97,7 @@ class StageSystem(TrunkSchema, Stage):
         self.config = config
         self.sections = sections or Sections()
         self.automatic_optimization = not self.manual_optimization
+        self.roles = type(self).active_roles(config)  # this run's roles (may depend on the config)
         dits = dict(dits or {})
         if dit is not None:
             dits.setdefault(MAIN_ROLE, dit)
@@ -165,12 +170,13 @@ class StageSystem(TrunkSchema, Stage):
 
         cfg = recipe.config
         resuming = run is not None and run.resume_path is not None
-        dits = build_roles(cls.roles, cfg.model, run_init_from=cfg.init_from, resuming=resuming,
+        dits = build_roles(cls.active_roles(cfg.stage.config), cfg.model, run_init_from=cfg.init_from, resuming=resuming,
                            activation_checkpointing=cfg.trainer.activation_checkpointing)
         vae = cfg.model.vae.build()
         text_encoder = cfg.model.text_encoder.build()
         cache = Conditioner.open_cache(cfg.data.cache_dir, cfg.model.vae, cfg.model.text_encoder)
-        sections = Sections(optim=cfg.optim, trainer=cfg.trainer, seed=cfg.seed, record=dict(recipe.data))
+        sections = Sections(optim=cfg.optim, trainer=cfg.trainer, seed=cfg.seed, record=dict(recipe.data), data=cfg.data,
+                            sampling=cfg.sampling)
         system = cls(cfg.stage.config, dits=dits, vae=vae, text_encoder=text_encoder, feature_cache=cache, sections=sections)
         log.info("models: %s; vae=%s, text_encoder=%s (frozen; stored in checkpoints: %s)",
                  ", ".join(system.describe_roles()), cfg.model.vae.name, cfg.model.text_encoder.name,
@@ -342,26 +348,37 @@ class StageSystem(TrunkSchema, Stage):
         if self._ema_names:
             self.update_ema()
 
-    def step_role(self, name: str, loss: Tensor) -> None:
-        """Manual optimization: backward ``loss``, clip, step role ``name``'s optimizer and LR schedule, EMA."""
+    def role_optimizer(self, name: str) -> tuple[Any, Any]:
+        """Manual optimization: ``(optimizer, LR scheduler)`` of trained role ``name``."""
         if not self.manual_optimization:
-            raise LensforgeError(f"{type(self).__name__}.step_role needs manual_optimization = True")
+            raise LensforgeError(f"{type(self).__name__}: per-role optimizers need manual_optimization = True")
         trained = self.trained_roles()
         opts = self.optimizers()
         scheds = self.lr_schedulers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = scheds if isinstance(scheds, list) else [scheds]
         i = trained.index(name)
-        opt, sched = opts[i], scheds[i]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        return opts[i], scheds[i]
+
+    def step_role(self, name: str, loss: Tensor | None = None) -> float | None:
+        """Manual optimization: backward ``loss`` (or use the gradients already accumulated with
+        ``manual_backward`` when None), clip, step role ``name``'s optimizer and LR schedule, update its EMA.
+        Returns the gradient norm before clipping (None when clipping is off)."""
+        opt, sched = self.role_optimizer(name)
+        if loss is not None:
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+        norm = None
         clip = getattr(self.sections.trainer, "gradient_clip_val", None)
         if clip:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
             self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt.step()
         sched.step()
         if name in self._ema_names:
             self.update_ema([name])
+        return norm
 
     # ------------------------------------------------------------------ logging
 
@@ -403,7 +420,10 @@ class StageSystem(TrunkSchema, Stage):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hyper_parameters"] = {"recipe": self.sections.record, "stage": dataclasses.asdict(self.config)}
+        from lensforge.recipe.plugin_config import config_to_dict
+
+        # plain data only (plugin nodes as {name: …}): checkpoints load with weights_only=True
+        checkpoint["hyper_parameters"] = {"recipe": self.sections.record, "stage": config_to_dict(self.config)}
         trainer = self._attached()
         world = trainer.world_size if trainer is not None else 1
         states = self.generator.get_state()

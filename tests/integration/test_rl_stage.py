@@ -1,0 +1,183 @@
+"""The `rl` stage end to end on CPU: packed rollouts, a reward that prefers one colour, GRPO, held-out
+prompts, exact resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lensforge.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "recipes" / "tiny" / "smoke.yaml")
+RL_SMOKE = str(REPO / "recipes" / "tiny" / "rl_smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl_init") / "pre"
+    assert main(["fit", SMOKE, f"output_dir={out}", "trainer.max_steps=2", "sampling.every_n_steps=0",
+                 "sampling.num_prompts=0", "tracking.enabled=false"]) == 0
+    return out
+
+
+def _tiny_dit():
+    from lensforge import registry
+
+    cls = registry.get("dit", "lens_mmdit")
+    torch.manual_seed(0)
+    return cls(cls.Config(flavor="tiny", attention="sdpa_loop", zero_init=False, in_channels=8, text_dims=(6,))).eval()
+
+
+@pytest.mark.parametrize("kind", ["ode", "sde"])
+def test_rollouts_of_three_aspect_ratios_packed_equal_one_by_one(kind):
+    from lensforge.interfaces import TextFeatures
+    from lensforge.stages.rl import ode_rollout, sde_rollout
+
+    dit = _tiny_dit()
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 0, 5]
+    text = TextFeatures(layers=[torch.randn(sum(lengths), 6, generator=g)], lengths=torch.tensor(lengths))
+    shapes = [(2, 4), (3, 3), (4, 2)]  # 1:2, 1:1, 2:1 token grids
+    seeds = [11, 12, 13]
+
+    def run(idx):
+        gens = [torch.Generator().manual_seed(seeds[i]) for i in idx]
+        sub = text.select(idx)
+        if kind == "ode":
+            return ode_rollout(dit, sub, [shapes[i] for i in idx], gens, steps=4, guidance=3.0, channels=8)
+        out = sde_rollout(dit, sub, [shapes[i] for i in idx], gens, steps=4, guidance=3.0, channels=8, noise_level=0.7,
+                          window=(1, 3))
+        return out["latents"], out["log_probs"]
+
+    packed = run([0, 1, 2])
+    for i in range(3):
+        alone = run([i])
+        if kind == "ode":
+            torch.testing.assert_close(packed[i], alone[0], atol=1e-5, rtol=1e-5)
+        else:
+            torch.testing.assert_close(packed[0][i], alone[0][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(packed[1][:, i], alone[1][:, 0], atol=1e-5, rtol=1e-5)
+
+
+def _mean_reward(ckpt_dir: Path, init: Path, n: int = 8) -> float:
+    """Redness of CFG-free ODE rollouts of fixed seeds and prompts, from a checkpoint's trained DiT."""
+    import _fakes
+
+    from lensforge.stages.checkpoint_io import load_models_from_checkpoint
+    from lensforge.stages.rl import ode_rollout
+
+    dit, vae, te, _ = load_models_from_checkpoint(ckpt_dir, ema=False)
+    text = te.encode([f"a red circle number {i}" for i in range(n)])
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(n)]
+    lat = ode_rollout(dit, text, [(4, 4)] * n, gens, steps=3, guidance=1.0, channels=vae.latent_channels)
+    imgs = [vae.decode(l[None])[0].clamp(-1, 1) for l in lat]
+    return sum(_fakes.RednessReward().score(imgs, [{}] * n).rewards) / n
+
+
+def test_one_nft_update_with_a_red_preferring_reward_makes_red_more_likely(init_run, tmp_path, fakes):
+    out = tmp_path / "red"
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={out}", "stage.reward.name=fake_redness",
+                 "stage.group_size=4", "stage.prompts_per_step=4", "stage.val_prompts=0", "stage.kl_beta=0",
+                 "trainer.max_steps=1", "optim.lr=0.003", "tracking.enabled=false"]) == 0
+    before = _mean_reward(init_run, init_run)
+    after = _mean_reward(out, init_run)
+    assert after > before + 1e-3, (before, after)
+
+
+def test_nft_run_writes_splits_validation_and_metrics(init_run, tmp_path):
+    out = tmp_path / "nft"
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={out}", "trainer.max_steps=2"]) == 0
+    train = [json.loads(l)["id"] for l in (out / "prompts" / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(l)["id"] for l in (out / "prompts" / "held_out.jsonl").read_text().splitlines()]
+    assert train and held and not set(train) & set(held), "held-out prompts are never trained on"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["prompts"]["held_out"] == len(held)
+    assert [v["step"] for v in summary["validation"]] == [0, 2]
+    assert (out / "samples" / "step_0000000.png").is_file() and (out / "samples" / "step_0000002" / "summary.md").is_file()
+    ckpt = torch.load(out / "checkpoints" / "step-0000002.ckpt", map_location="cpu", weights_only=True)
+    sd = ckpt["state_dict"]
+    assert any(k.startswith("old.") for k in sd), "NFT's old policy is saved"
+    assert not any(k.startswith("reference.") for k in sd), "the frozen reference is rebuilt, not saved"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    keys = set(client.get_run(run_id).data.metrics)
+    assert {"train/reward", "nft/policy_loss", "kl/velocity_to_reference", "val/reward", "train/grad_norm"} <= keys
+
+
+def test_grpo_run(init_run, tmp_path):
+    out = tmp_path / "grpo"
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={out}", "stage.algorithm=grpo",
+                 "stage.rollout_guidance=2.0", "stage.sde_window_size=1", "stage.sde_window_range=[0,2]",
+                 "stage.kl_beta=0.04", "trainer.max_steps=2", "stage.val_prompts=0"]) == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    keys = set(client.get_run(run_id).data.metrics)
+    assert {"grpo/clipfrac", "grpo/approx_kl", "kl/step_mean_to_reference", "train/reward"} <= keys
+    sd = torch.load(out / "checkpoints" / "step-0000002.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert not any(k.startswith("old.") for k in sd), "GRPO has no old-policy copy"
+
+
+def test_bad_input_exits_2(init_run, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "x", "category": "c", "rubric": []}\n{"id": 3}\n')
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b1'}", f"stage.prompts={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1:" in err and f"{bad}:2:" in err
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b2'}", "stage.reward.name=nope"]) == 2
+    assert "unknown reward plugin 'nope'" in capsys.readouterr().err
+    assert main(["fit", RL_SMOKE, f"init_from={tmp_path / 'missing'}", f"output_dir={tmp_path / 'b3'}"]) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert main(["validate", RL_SMOKE]) == 2
+    assert "init_from: missing required value" in capsys.readouterr().err
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"id": "q", "prompt": "a cat", "category": "animals", "rubric": [{"id": "r1", "question": "Is there a cat?", "weight": 1}]}\n' * 1)
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b4'}", f"stage.prompts={plain}",
+                 "stage.held_out_fraction=0", "stage.prompts_per_step=1"]) == 2
+    assert "cannot score" in capsys.readouterr().err
+
+
+def _rl_cmd(init: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "lensforge.cli", "fit", RL_SMOKE, f"init_from={init}", f"output_dir={out}",
+            "trainer.max_steps=4", "trainer.deterministic=true", "stage.val_prompts=0"]
+
+
+def test_kill9_mid_rl_then_rerun_equals_an_uninterrupted_run(init_run, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    ref = tmp_path / "uninterrupted"
+    subprocess.run(_rl_cmd(init_run, ref), env=env, check=True, capture_output=True, timeout=900)
+    run = tmp_path / "crashed"
+    first = run / "checkpoints" / "step-0000002.ckpt"
+    proc = subprocess.Popen(_rl_cmd(init_run, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 900
+        while not first.exists():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / "checkpoints" / "step-0000004.ckpt").exists(), "killed before the end"
+    res = subprocess.run(_rl_cmd(init_run, run), env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stderr
+    a = torch.load(ref / "checkpoints" / "step-0000004.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "step-0000004.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith("old.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
