@@ -91,3 +91,22 @@ def plain_set(root: Path, shards: int, per_shard: int, start: int = 0, size=(24,
             k += 1
         write_tar(root / f"shard-{s:04d}.tar", members)
     return root
+
+
+def cfg(source: dict, workers: int = 0, repeat: bool = True, shuffle: bool = True):
+    """A small packed ``data:`` section over ``source`` (32/48 px, 3 aspect ratios, 64-token batches)."""
+    from lensforge.data.config import CaptionPolicyConfig, DataConfig, LoaderConfig, PackingConfig, ResolutionPolicyConfig
+
+    return DataConfig(
+        source=source,
+        resolution=ResolutionPolicyConfig(base_resolutions=[32, 48], aspect_ratios=["2:3", "1:1", "3:2"]),
+        captions=CaptionPolicyConfig(dropout=0.2),
+        packing=PackingConfig(token_budget=64, lookahead=6, text_tokens_per_word=0.5),
+        loader=LoaderConfig(num_workers=workers, repeat=repeat, shuffle=shuffle),
+    )
+
+
+def signature(b) -> tuple:
+    """What identifies a batch: keys, prompts, image shapes, pixel sum."""
+    return (tuple(b.keys), tuple(b.prompts), tuple(tuple(i.shape) for i in b.images),
+            round(float(sum(i.double().sum() for i in b.images)), 5))

@@ -109,10 +109,10 @@ elif what == "mem":
 elif what == "loader":
     from lensforge.data import build_loader
     from lensforge.recipe import load_recipe
-    t0 = time.perf_counter()
-    src = source(**args.get("extra", {}))
     data = load_recipe("recipes/tiny/pretrain.yaml", ["resume=never"]).config.data
     data = dataclasses.replace(data, loader=dataclasses.replace(data.loader, num_workers=args["workers"]))
+    t0 = time.perf_counter()  # start-up: open the source, build the loader, start the workers, first batch
+    src = source(**args.get("extra", {}))
     loader = build_loader(data, downsample=16, seed=0, rank=0, world_size=1, source=src)
     it = iter(loader)
     first = next(it)
@@ -159,6 +159,23 @@ def _generate(root: Path, n: int, per_shard: int) -> float:
             w.write(RawRecord(key=f"{i:08d}", image=img, ext="png", captions=caps), {"width": 48, "height": 48})
         w.write_index()
     return time.perf_counter() - t0
+
+
+def _get_rate(url: str, extra: dict[str, Any], windows: int = 6, size: int = 64) -> float:
+    """Ranged GETs/s a store answers to this process, ``size`` concurrent at a time (its ceiling for
+    indexed reads, one GET per sample)."""
+    import numpy as np
+
+    from lensforge.data.sources.webdataset import WebDatasetSource
+
+    src = WebDatasetSource(WebDatasetSource.Config(path=url, verify_index=False, **extra))
+    rng = np.random.default_rng(0)
+    src._fetch([int(i) for i in rng.integers(0, len(src), size)])  # connections, client set-up
+    t0 = time.perf_counter()
+    for _ in range(windows):
+        got = src._fetch([int(i) for i in rng.integers(0, len(src), size)])
+        assert not any(isinstance(v, Exception) for v in got.values()), got
+    return windows * size / (time.perf_counter() - t0)
 
 
 def _mb(b: float) -> str:
@@ -232,6 +249,8 @@ def run(repeats: int, quick: bool) -> Result:
             s3_idx2 = _child(REPO, {**job, "impl": "new", "path": url,
                                     "extra": {"storage_options": so, "cache_dir": cache}})
             rows.append(("S3 (moto, 127.0.0.1), indexed, readahead 64", s3_idx2))
+            res.rows.append(Row("moto S3: ranged GETs/s it answers (64 at a time)", _get_rate(url, {
+                "storage_options": so, "cache_dir": cache}), "GET/s", note="the ceiling of indexed reads from it"))
             rows.append(("S3 (moto, 127.0.0.1), streaming", _child(REPO, {**job, "impl": "new", "path": url, "extra": {
                 "storage_options": so, "mode": "streaming"}})))
             res.rows.append(Row("start-up from S3, index not yet cached (copied 16 MB)", s3_idx["startup"], "s",
@@ -242,6 +261,8 @@ def run(repeats: int, quick: bool) -> Result:
             hurl = f"{h.url}/set/"
             rows.append(("HTTP (http.server + Range), indexed", _child(REPO, {**job, "impl": "new", "path": hurl,
                                                                             "extra": {"cache_dir": str(work / "cache")}})))
+            res.rows.append(Row("http.server: ranged GETs/s it answers (64 at a time)", _get_rate(hurl, {
+                "cache_dir": str(work / "cache")}), "GET/s", note="the ceiling of indexed reads from it"))
             rows.append(("HTTP (http.server), streaming", _child(REPO, {**job, "impl": "new", "path": hurl,
                                                                        "extra": {"mode": "streaming"}})))
         for label, r_ in rows:

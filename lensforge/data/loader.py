@@ -249,10 +249,12 @@ class PackedStream(IterableDataset):
             loaded_this_epoch = 0
             ahead, window = st["cursor"], min(8, readahead)
             while st["cursor"] < len(order):
-                if readahead and st["cursor"] >= ahead:  # windows of 8, 16, … readahead: the first batch comes soon
-                    ahead = min(len(order), st["cursor"] + window)
-                    window = min(readahead, 2 * window)
-                    self.source.prefetch([int(i) for i in order[st["cursor"]:ahead]])
+                # keep `readahead` samples requested past the cursor, in windows of 8, 16, … readahead (the first
+                # batch comes soon; later windows are fetched in the background while these decode)
+                while readahead and ahead < len(order) and ahead - st["cursor"] < readahead:
+                    end = min(len(order), ahead + window)
+                    self.source.prefetch([int(i) for i in order[ahead:end]])
+                    ahead, window = end, min(readahead, 2 * window)
                 idx = int(order[st["cursor"]])
                 st["cursor"] += 1
                 item = self._load(idx, epoch, st)

@@ -16,29 +16,12 @@ import pytest
 import torch
 
 from _reference_wds import ReferenceTarSource
-from _shard_sets import plain_set, png, tricky_set, write_tar, caption_json
+from _shard_sets import caption_json, cfg, plain_set, png, signature, tricky_set, write_tar
 from lensforge.cli import main
 from lensforge.data import build_loader
-from lensforge.data.config import CaptionPolicyConfig, DataConfig, LoaderConfig, PackingConfig, ResolutionPolicyConfig
 from lensforge.data.sources.webdataset import WebDatasetSource
-from lensforge.interfaces import DataBatch
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cfg(source: dict, workers: int = 0, repeat: bool = True, shuffle: bool = True) -> DataConfig:
-    return DataConfig(
-        source=source,
-        resolution=ResolutionPolicyConfig(base_resolutions=[32, 48], aspect_ratios=["2:3", "1:1", "3:2"]),
-        captions=CaptionPolicyConfig(dropout=0.2),
-        packing=PackingConfig(token_budget=64, lookahead=6, text_tokens_per_word=0.5),
-        loader=LoaderConfig(num_workers=workers, repeat=repeat, shuffle=shuffle),
-    )
-
-
-def signature(b: DataBatch) -> tuple:
-    return (tuple(b.keys), tuple(b.prompts), tuple(tuple(i.shape) for i in b.images),
-            round(float(sum(i.double().sum() for i in b.images)), 5))
 
 
 def take(loader, k: int) -> list[tuple]:
@@ -85,9 +68,7 @@ def test_two_ranks_two_workers_disjoint_and_covering(tmp_path, mode):
 _CHILD = textwrap.dedent("""
     import os, sys, time, torch
     from lensforge.data import build_loader
-    from lensforge.data.config import CaptionPolicyConfig, DataConfig, LoaderConfig, PackingConfig, ResolutionPolicyConfig
-    sys.path.insert(0, {tests!r})
-    from test_data_scale import cfg, signature
+    from _shard_sets import cfg, signature
     c = cfg({{"name": "webdataset", "path": {root!r}, "mode": "streaming", "shuffle_buffer": 9}}, workers=2)
     loader = build_loader(c, downsample=8, seed=7)
     sigs = []
@@ -96,25 +77,25 @@ _CHILD = textwrap.dedent("""
         tmp = {ckpt!r} + ".tmp"
         torch.save({{"sigs": sigs, "state": loader.state_dict()}}, tmp)
         os.replace(tmp, {ckpt!r})
-        time.sleep(0.05)
+        time.sleep(0.02)
 """)
 
 
 def test_streaming_resumes_exactly_after_kill_9(tmp_path):
     root = plain_set(tmp_path / "set", shards=5, per_shard=9)
     ckpt = tmp_path / "ckpt.pt"
-    script = _CHILD.format(tests=str(REPO / "tests" / "integration"), root=str(root), ckpt=str(ckpt))
+    script = _CHILD.format(root=str(root), ckpt=str(ckpt))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
         while True:  # let it run past a few shard boundaries, then kill it without warning
-            if ckpt.exists() and len(torch.load(ckpt, weights_only=False)["sigs"]) >= 14:
+            if ckpt.exists() and len(torch.load(ckpt, weights_only=False)["sigs"]) >= 8:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the child made no progress"
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its two workers: kill -9
         proc.wait()

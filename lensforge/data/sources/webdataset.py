@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -34,7 +36,7 @@ from lensforge.data.index import (
     IndexView, IndexWriter, ShardIndex, base_dir, default_index_path, in_memory_index, open_index, parse_span,
     relative_name, resolve_name, scan_all, select_names, split_key,
 )
-from lensforge.data.remote import FileInfo, Reader, describe, is_remote, list_files, local_path
+from lensforge.data.remote import FileInfo, RangeError, Reader, describe, is_remote, list_files, local_path
 from lensforge.data.sources.common import (
     CAPTION_KEYS, IMAGE_EXTS, RawRecord, captions_from_json, image_header_size, load_resized,
 )
@@ -100,7 +102,9 @@ class WebDatasetSource(DataSource):
         self.base = base_dir(config.path)
         self.reader = Reader(config.storage_options)
         self.streaming = config.mode == "streaming"
-        self._ahead: dict[int, bytes | Exception] = {}
+        self._ahead: dict[int, bytes | Exception] = {}  # fetched spans not yet used
+        self._pending: deque[tuple[list[int], Future]] = deque()  # background fetches, oldest first
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
         self._last: tuple[int, bytes] | None = None
         self.index: IndexView | None = None
         if self.streaming:
@@ -226,16 +230,45 @@ class WebDatasetSource(DataSource):
         """Samples the loader should ask :meth:`prefetch` for at a time (0: local files, no need)."""
         return 0 if self.streaming or not is_remote(self.base) else int(self.config.readahead)
 
+    def __getstate__(self) -> dict[str, Any]:  # fetches in flight and their thread belong to this process
+        state = dict(self.__dict__)
+        state.update(_ahead={}, _pending=deque(), _pool=None, _last=None)
+        return state
+
     def prefetch(self, indices: list[int]) -> None:
-        """Fetch the spans of ``indices`` concurrently (remote stores); ``get`` then uses them."""
-        assert self.index is not None
-        self._ahead = {}
-        if not indices:
+        """Start fetching the spans of ``indices`` (remote stores): one background thread per process
+        runs the requests, concurrently, while the loader decodes; ``get`` waits for them when needed."""
+        if not indices or self.index is None:
             return
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensforge-readahead"))
+            self._pending, self._ahead = deque(), {}
+        idx = [int(i) for i in indices]
+        self._pending.append((idx, self._pool[1].submit(self._fetch, idx)))
+
+    def _fetch(self, indices: list[int]) -> dict[int, bytes | Exception]:
+        assert self.index is not None
         locs = [self.index.locate(i) for i in indices]
         got = self.reader.read_many([self.shards[si] for si, *_ in locs], [off for _, off, *_ in locs],
                                     [off + size for _, off, size, *_ in locs])
-        self._ahead = dict(zip(indices, got))
+        return dict(zip(indices, got))
+
+    def _fetched(self, index: int) -> bytes | Exception | None:
+        data = self._ahead.pop(index, None)
+        if data is not None or not self._pending:
+            return data
+        for n, (idx, fut) in enumerate(self._pending):
+            if index in idx:
+                for _ in range(n + 1):  # this fetch and the older ones are done with: keep what was not used
+                    old_idx, old = self._pending.popleft()
+                    try:
+                        self._ahead.update(old.result())
+                    except Exception as e:  # noqa: BLE001 - reported per sample below
+                        self._ahead.update({i: RangeError(f"readahead failed: {describe(e)}") for i in old_idx})
+                while len(self._ahead) > 4 * max(1, self.readahead):  # never-used spans (skipped samples)
+                    self._ahead.pop(next(iter(self._ahead)))
+                return self._ahead.pop(index, None)
+        return None
 
     def _span(self, index: int) -> tuple[int, bytes]:
         if self.index is None:
@@ -243,7 +276,7 @@ class WebDatasetSource(DataSource):
         si, off, size, _, _ = self.index.locate(index)
         if self._last is not None and self._last[0] == index:
             return si, self._last[1]
-        data = self._ahead.pop(index, None)
+        data = self._fetched(index)
         if isinstance(data, Exception):
             raise data
         if data is None:
