@@ -197,16 +197,14 @@ class RLSchema(TrunkSchema):
         return out
 
     @classmethod
-    def check_recipe(cls, config: Any) -> list[tuple[str, str]]:
-        out = super().check_recipe(config)
-        sc = config.stage.config
-        p = sc.prompts
-        if p.endswith((".jsonl", ".json")) and not p.startswith("synthetic:"):
-            import os
+    def check_environment(cls, config: Any) -> list[tuple[str, str]]:
+        """The prompt-set file must exist on this machine (skipped by ``validate --portable``)."""
+        import os
 
-            if not os.path.isfile(os.path.expanduser(p)):
-                out.append(("stage.prompts", f"prompt set '{p}' does not exist"))
-        return out
+        p = config.prompts
+        if p.endswith((".jsonl", ".json")) and not os.path.isfile(os.path.expanduser(p)):
+            return [("prompts", f"prompt set '{p}' does not exist")]
+        return []
 
 
 __all__ = ["PretrainSchema", "RLSchema", "SystemConfig", "TrunkSchema"]

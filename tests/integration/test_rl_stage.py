@@ -140,8 +140,11 @@ def test_bad_input_exits_2(init_run, tmp_path, capsys):
     assert "unknown reward plugin 'nope'" in capsys.readouterr().err
     assert main(["fit", RL_SMOKE, f"init_from={tmp_path / 'missing'}", f"output_dir={tmp_path / 'b3'}"]) == 2
     assert "init_from" in capsys.readouterr().err
-    assert main(["validate", RL_SMOKE]) == 2
-    assert "init_from: missing required value" in capsys.readouterr().err
+    assert main(["validate", RL_SMOKE, "stage.group_size=1", "stage.prompts=prompts.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "stage.group_size: group-relative advantages need at least 2" in err and "stage.prompts: give a prompt-set" in err
+    assert main(["validate", RL_SMOKE, f"stage.prompts={tmp_path / 'nowhere.jsonl'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
     plain = tmp_path / "plain.jsonl"
     plain.write_text('{"id": "q", "prompt": "a cat", "category": "animals", "rubric": [{"id": "r1", "question": "Is there a cat?", "weight": 1}]}\n' * 1)
     assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b4'}", f"stage.prompts={plain}",
@@ -181,3 +184,42 @@ def test_kill9_mid_rl_then_rerun_equals_an_uninterrupted_run(init_run, tmp_path)
     assert a.keys() == b.keys() and any(k.startswith("old.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_rl_with_a_vlm_judge_never_writes_the_key_and_refuses_an_unreachable_judge(init_run, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """RL with `rubric_judge` against a real chat-completions server on 127.0.0.1 that needs a key."""
+    import re
+
+    from lensforge.testing.chat_server import ChatServer
+
+    secret = "sk-test-9f8e7d6c5b4a-never-written"
+    monkeypatch.setenv("LF_TEST_JUDGE_KEY", secret)
+
+    def handler(call):  # deterministic yes/no per item from the image's pixels (not a real judge)
+        text = call.first_user_text()
+        ids = json.loads("[" + re.search(r"The keys must be exactly: (.*)\. No other text", text).group(1) + "]")
+        (image,) = call.images()
+        bright = sum(image.convert("L").getdata()) / (image.width * image.height)
+        return {i: ("yes" if (bright + k * 37) % 100 > 50 else "no") for k, i in enumerate(ids)}
+
+    out = tmp_path / "judged"
+    with ChatServer(handler, api_key=secret) as server:
+        judge = [f"stage.reward={{name: rubric_judge, endpoint: {{base_url: '{server.base_url}', model: {server.model}, "
+                 f"api_key_env: LF_TEST_JUDGE_KEY, backoff_s: 0.01, cache_dir: '{tmp_path / 'cache'}'}}}}"]
+        assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={out}", "trainer.max_steps=2", *judge]) == 0
+        assert server.num_calls > 0, "the judge was asked"
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    for f in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")]:
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f"the API key was written to {f}"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    assert secret not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert any(k.startswith("reward/") for k in run.data.metrics), "judge statistics are logged"
+    rc = main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'down'}",
+               "stage.reward={name: rubric_judge, endpoint: {base_url: 'http://127.0.0.1:9/v1', model: m}}"])
+    assert rc == 2 and "cannot reach http://127.0.0.1:9/v1" in capsys.readouterr().err
