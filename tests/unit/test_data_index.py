@@ -118,6 +118,10 @@ def test_one_index_serves_a_glob_a_brace_pattern_and_a_single_shard(tmp_path):
         for verify in (True, False):
             src = WebDatasetSource(WebDatasetSource.Config(path=str(path), auto_index=0, verify_index=verify))
             assert [src.raw(i).key for i in range(len(src))] == [f"k{k:05d}" for k in keys]
+    (tmp_path / "unlisted").mkdir()  # an index whose shards cannot be listed: say how to trust it
+    shutil.copy(root / "lensforge.index", tmp_path / "unlisted")
+    with pytest.raises(LensforgeError, match="names 4\\); if the store cannot be listed, set data.source.verify_index=false"):
+        WebDatasetSource(WebDatasetSource.Config(path=str(tmp_path / "unlisted")))
     assert default_index_path(f"{root}/shard-*.tar") == str(root / "lensforge.index")
     assert default_index_path("s3://b/p/") == "s3://b/p/lensforge.index"
     assert default_index_path("https://h/d/shard-{000..009}.tar") == "https://h/d/lensforge.index"

@@ -142,6 +142,9 @@ class WebDatasetSource(DataSource):
             if not cfg.verify_index:  # trust it: no listing of the store at start-up
                 return IndexView(idx, select_names(idx.names, cfg.path))
             listing = self._list()
+            if not listing:
+                raise LensforgeError(f"no .tar shards found at '{cfg.path}' (the index '{loc}' names {len(idx.names)}); "
+                                     "if the store cannot be listed, set data.source.verify_index=false to trust the index")
             selected, reason = idx.match(listing, self.base, self.exts)
             if reason is None:
                 return IndexView(idx, selected)
