@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import Iterator
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """The hidden temporary name used while ``path`` is being written (``.name.tmp`` beside it)."""
+def temp_path(path: str | os.PathLike, *, unique: bool = False) -> Path:
+    """The hidden temporary name used while ``path`` is being written (``.name.tmp`` beside it).
+
+    ``unique``: a name no other process or thread writing the same ``path`` uses (``.name.<pid>.<random>.tmp``),
+    for files several writers may produce at once (a shared cache); the last rename wins.
+    """
     p = Path(path)
+    if unique:
+        import uuid
+
+        return p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     return p.with_name(f".{p.name}.tmp")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, unique: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left as it was::
@@ -29,7 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             image.save(tmp, format="PNG")
     """
     final = Path(path)
-    tmp = temp_path(final)
+    tmp = temp_path(final, unique=unique)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -39,9 +47,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically; returns ``path``."""
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", *, unique: bool = False) -> Path:
+    """Write ``text`` to ``path`` atomically (``unique``: see :func:`temp_path`); returns ``path``."""
+    with atomic_path(path, unique=unique) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
 

@@ -11,12 +11,10 @@ so concurrent writers and ``kill -9`` never leave a truncated entry. A corrupt e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +58,12 @@ class ResponseCache:
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Store ``entry`` (a JSON-able dict) under ``key`` atomically."""
+        from lensforge.fileio import atomic_write_text
+
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         text = json.dumps({"format": CACHE_FORMAT, **entry}, ensure_ascii=False, sort_keys=True)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        atomic_write_text(p, text, unique=True)  # several workers may answer the same request at once
 
     def __len__(self) -> int:
         return sum(1 for _ in self.folder.glob("??/*.json"))
