@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sample": ("lensforge.commands.sample", "generate images from a checkpoint or exported folder"),
     "export": ("lensforge.commands.export", "write a diffusers-format Hugging Face folder"),
     "eval": ("lensforge.commands.eval", "score runs / checkpoints / exports on a suite, side by side"),
+    "reasoner": ("lensforge.commands.reasoner", "prompt rewriting (reasoner plugins) and the search over its system prompt"),
 }
 
 

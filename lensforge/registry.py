@@ -45,7 +45,7 @@ KINDS: dict[str, str] = {
     "data": "lensforge.interfaces.data:DataSource",
     "stage": "lensforge.interfaces.stage:Stage",
     "reward": "lensforge.interfaces.reward:Reward",
-    "reasoner": "lensforge.interfaces.plugin:Plugin",
+    "reasoner": "lensforge.interfaces.reasoner:Reasoner",
 }
 
 #: kind -> "module:SchemaBase": the light base of a plugin's validation half (see

@@ -13,11 +13,17 @@ seed, size, reward, score per rubric item), ``summary.md`` (tables), ``categorie
 bars per target), ``ar_heatmap_<target>.png`` (sweep), ``grid_<target>.png`` and ``images/``; logs the
 figures to each target's own MLflow run when it has one (embedded store), else to a new run in
 ``<out>/mlflow.db``.
+
+``--reasoner NAME [--reasoner-arg k=v …]`` rewrites every prompt first (each distinct prompt once, the same
+rewrite for every target): each image's ``model_prompt`` is in ``results.json``, every rewrite (raw answer,
+failures, unparsed words) in ``rewrites.json``, both logged to MLflow with the figures. Score a suite with
+and without it to see what the reasoner is worth.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -50,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="DiT dtype")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from lensforge.reasoners.use import add_cli_arguments
+
+    add_cli_arguments(p)
 
 
 def _seeds(text: str) -> list[int]:
@@ -125,6 +134,22 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/eval/{suite.name}")
     items = suite.items
     prompts = [str(it.row["prompt"]) for it in items]
+    reasoner_info = None
+    if args.reasoner or args.reasoner_arg or args.system_prompt_file:
+        from lensforge.reasoners.use import attach, reasoner_for, rewrite_all
+
+        reasoner = reasoner_for(args)
+        attach(reasoner, text_encoder=targets[0].text_encoder, recipe_config=recipe)
+        rewrites, line = rewrite_all(reasoner, prompts)
+        print(line)
+        prompts = [rewrites[p].text for p in prompts]
+        n_failed = sum(not r.ok for r in rewrites.values())
+        suite.notes.append(f"prompts rewritten by {reasoner.describe()}" + (f" ({n_failed} without a usable rewrite "
+                                                                             "kept the prompt)" if n_failed else ""))
+        reasoner_info = {"plugin": args.reasoner, "args": args.reasoner_arg, "system_prompt_file": args.system_prompt_file,
+                         "describe": reasoner.describe(), "rewrites": len(rewrites),
+                         "failed": n_failed, "stats": reasoner.stats()}
+        reasoner.close()
     log.info("eval: suite %s, %d images per target, %d target(s), %d steps, CFG %g, reward %s -> %s",
              suite.name, len(items), len(targets), steps, cfg, args.reward, out)
 
@@ -148,7 +173,17 @@ def run(args: argparse.Namespace) -> int:
     settings = {"targets": {t.label: str(t.source) for t in targets}, "steps": steps, "guidance_scale": cfg,
                 "seeds": seeds, "reward": args.reward, "reward_args": args.reward_arg, "ema": not args.no_ema,
                 "num_prompts": args.num_prompts, "prompt_seed": args.prompt_seed, "limit": args.limit}
+    if reasoner_info is not None:
+        from lensforge.fileio import atomic_write_text
+
+        settings["reasoner"] = reasoner_info
+        out.mkdir(parents=True, exist_ok=True)
+        rewrites_path = atomic_write_text(out / "rewrites.json", json.dumps(
+            [{"id": it.row.get("id"), **rewrites[str(it.row["prompt"])].to_dict()} for it in
+             {str(it.row["prompt"]): it for it in items}.values()], indent=1, ensure_ascii=False, default=str))
     artifacts = write_outputs(out, suite, results, settings, save_images=not args.no_images)
+    if reasoner_info is not None:
+        artifacts["rewrites"] = rewrites_path
     print(summary_tables(suite, results), end="")
     if not args.no_mlflow:
         for w in log_to_mlflow(out, suite, results, targets, artifacts):

@@ -10,6 +10,10 @@ Sizes: any ``--height``/``--width`` that are multiples of the VAE's token size w
 ratio between 1:2 and 2:1. Lens's scheduler (empirical dynamic shift of the token count and step
 count) and its per-token norm-rescaled CFG are used (:func:`lensforge.sampling.sampler.generate`).
 Writes ``<out>/<index>_<prompt-slug>_s<seed>.png``, ``grid.png`` and ``samples.json``.
+
+A reasoner (``--reasoner NAME [--reasoner-arg k=v …]``, or the recipe's ``sampling.reasoner`` unless
+``--no-reasoner``) rewrites each prompt before the DiT sees it; ``samples.json`` records each image's
+``model_prompt`` and every rewrite (raw answer, failures, unparsed words).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bf16(σ·1000)/1000, latents and CFG in the model dtype); default: float32 latents and CFG")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from lensforge.reasoners.use import add_cli_arguments
+
+    add_cli_arguments(p, recipe_default=True)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -120,6 +127,16 @@ def run(args: argparse.Namespace) -> int:
         raise LensforgeError("--steps must be >= 1")
     check_size(height, width, int(vae.downsample_factor))
     jobs = plan_jobs(prompts, args, int(getattr(sampling, "seed", 0) or 0))
+    from lensforge.reasoners.use import attach, reasoner_for, rewrite_all
+
+    reasoner = reasoner_for(args, recipe_cfg)
+    rewrites: dict = {}
+    if reasoner is not None:
+        attach(reasoner, text_encoder=te, recipe_config=recipe_cfg)
+        rewrites, line = rewrite_all(reasoner, prompts)
+        print(line)
+        reasoner.close()
+    model_prompt = {p: (rewrites[p].text if p in rewrites else p) for p in prompts}
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -139,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     for i in range(0, len(jobs), args.batch_size):
         chunk = jobs[i : i + args.batch_size]
         images += generate(
-            dit, vae, te, [p for p, _ in chunk], [(height, width)] * len(chunk), steps=steps,
+            dit, vae, te, [model_prompt[p] for p, _ in chunk], [(height, width)] * len(chunk), steps=steps,
             guidance_scale=guidance, negative_prompt=args.negative_prompt, seeds=[s for _, s in chunk],
             progress=progress and bar is None, official_rounding=args.official_rounding,
         )
@@ -156,8 +173,12 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "source": str(src), "height": height, "width": width, "steps": steps, "guidance_scale": guidance,
         "negative_prompt": args.negative_prompt, "ema": not args.no_ema, "official_rounding": args.official_rounding,
-        "images": [{"file": p.name, "prompt": pr, "seed": s} for p, (pr, s) in zip(paths, jobs)],
+        "images": [{"file": p.name, "prompt": pr, "seed": s,
+                    **({"model_prompt": model_prompt[pr]} if model_prompt[pr] != pr else {})} for p, (pr, s) in zip(paths, jobs)],
     }
+    if reasoner is not None:
+        meta["reasoner"] = {"plugin": reasoner.plugin_name, "describe": reasoner.describe(),
+                            "rewrites": [rewrites[p].to_dict() for p in dict.fromkeys(prompts)]}
     (out / "samples.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(paths)} image(s){'' if args.no_grid else ' and grid.png'} to {out}")
     return 0

@@ -29,6 +29,8 @@ _LAZY = {
     "Stage": "lensforge.interfaces.stage",
     "Reward": "lensforge.interfaces.reward",
     "RewardOutput": "lensforge.interfaces.reward",
+    "Reasoner": "lensforge.interfaces.reasoner",
+    "Rewrite": "lensforge.interfaces.reasoner",
 }
 
 __all__ = sorted(_LAZY)

@@ -82,7 +82,8 @@ def merge(base: dict[str, Any], over: dict[str, Any], plugin_paths: set[str], or
         path = f"{prefix}.{k}" if prefix else str(k)
         old = out.get(k)
         replace = (
-            path in plugin_paths
+            # a plugin node, or one nested in a plugin's Config (a stage's reward / reasoner node)
+            (path in plugin_paths or any(path.startswith(p + ".") for p in plugin_paths))
             and isinstance(v, dict)
             and isinstance(old, dict)
             and "name" in v

@@ -162,6 +162,9 @@ class SamplingConfig:
     """Sampling seed."""
     reward: PluginRef = plugin_field("reward", {"name": "verifier"})
     """Reward plugin scoring the validation samples (registry kind ``reward``; the synthetic world's ``verifier``)."""
+    reasoner: PluginRef | None = plugin_field("reasoner", optional=True)
+    """Prompt rewriter in front of the DiT for ``lensforge sample`` from this run's checkpoints and exports (registry
+    kind ``reasoner``, e.g. ``{name: synthetic_world}``); None = prompts unchanged. Validation samples are not rewritten."""
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,2 @@
+"""First-party reasoner plugins that need model weights (``transformers_lm``); the light ones live in
+``lensforge.reasoners``."""
