@@ -191,6 +191,7 @@ def run(repeats: int, quick: bool) -> Result:
     rev = os.environ.get("LENSFORGE_BENCH_DATA_BASELINE", "78f7121")
     work = Path(tempfile.mkdtemp(prefix="lf_bench_scale_", dir=os.environ.get("LENSFORGE_BENCH_DIR")))
     base = work / "baseline"
+    subprocess.run(["git", "worktree", "prune"], cwd=REPO, capture_output=True)
     r = subprocess.run(["git", "worktree", "add", "--detach", str(base), rev], cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench data_scale: cannot check out baseline {rev}: {r.stderr.strip()}")
