@@ -44,18 +44,23 @@ def load_models(source: str, *, ema: bool = True, overrides: dict[str, dict[str,
 
 
 def _recipe_of_folder(p: Path):
-    """The SamplingConfig-bearing recipe recorded in ``lensforge.json`` (None if absent/invalid)."""
+    """The SamplingConfig-bearing recipe recorded in ``lensforge.json`` (None if absent/invalid); its steps and
+    guidance are the folder's ``inference`` defaults when recorded (a distilled Turbo: 4 steps, CFG 1)."""
+    import dataclasses
     import json
 
     lf = p / "lensforge.json"
     if not lf.is_file():
         return None
     try:
-        data = json.loads(lf.read_text(encoding="utf-8")).get("recipe")
+        record = json.loads(lf.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    data = record.get("recipe") if isinstance(record, dict) else None
+    inference = record.get("inference") if isinstance(record, dict) else None
+    if not isinstance(data, dict) and not isinstance(inference, dict):
         return None
+    data = data if isinstance(data, dict) else {}
     from lensforge.recipe.plugin_config import validate_dataclass
     from lensforge.recipe.schema import SamplingConfig
 
@@ -63,6 +68,9 @@ def _recipe_of_folder(p: Path):
     sampling = validate_dataclass(SamplingConfig, data.get("sampling") or {}, "sampling", problems, origin=lambda k: None)
     if problems or sampling is None:
         return None
+    if isinstance(inference, dict):
+        keep = {k: inference[k] for k in ("steps", "guidance_scale") if isinstance(inference.get(k), (int, float))}
+        sampling = dataclasses.replace(sampling, **keep)
 
     class _Recorded:
         """Just what ``sample`` reads from a recorded recipe."""

@@ -1,4 +1,5 @@
-"""``lensforge fit RECIPE [k=v …]``: validate, check the machine, build and train one stage."""
+"""``lensforge fit RECIPE [k=v …]``: validate, check the machine, build and train one stage — or, for a pipeline
+recipe (a top-level ``pipeline:`` list), every stage in order (:mod:`lensforge.stages.pipeline`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lensforge.errors import LensforgeError
     from lensforge.recipe import load_recipe
+    from lensforge.stages.pipeline import is_pipeline_file
 
+    if is_pipeline_file(args.recipe):  # a top-level `pipeline:` list: every stage in order (lensforge.stages.pipeline)
+        from lensforge.stages.pipeline import load_pipeline, run_pipeline
+
+        run_pipeline(load_pipeline(args.recipe, args.overrides))
+        return 0
     recipe = load_recipe(args.recipe, args.overrides)
     stage_cls = recipe.config.stage.cls
     reasons = list(stage_cls.preflight(recipe))

@@ -33,8 +33,12 @@ def model_card(
     official: bool,
     source: str | None = None,
     num_params: int | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> str:
-    """Markdown model card with a Hugging Face YAML header."""
+    """Markdown model card with a Hugging Face YAML header (``inference``: the sampling defaults it recommends)."""
+    inf = inference or {"steps": 20, "guidance_scale": 4.0}
+    steps, cfg = int(inf["steps"]), float(inf["guidance_scale"])
+    turbo = inf.get("variant") == "turbo"
     name = getattr(recipe_config, "name", None) or "lensforge-model"
     comps = "\n".join(
         f"| {role} | `{r['plugin']}` | `{_short(r['config'])}` |" for role, r in records.items()
@@ -81,15 +85,19 @@ def model_card(
         "with Lens's dynamic shift (the empirical mu of the token count and step count); classifier-free "
         "guidance is rescaled per token to the conditional prediction's norm."),
         "",
+        *([("**Turbo (distilled):** sample it in %d steps without CFG (guidance 1.0: one DiT call per step), as "
+             "Lens-Turbo; the scheduler config is Lens's own (the σ at that step count follow from it and the image size). "
+             "`lensforge sample` defaults to these settings for this folder (`lensforge.json` → `inference`)." % steps), ""]
+          if turbo else []),
         "```bash",
-        "lensforge sample THIS_FOLDER \"a red cube on a blue sphere\" --height 512 --width 768 --steps 20 --guidance-scale 4",
+        f"lensforge sample THIS_FOLDER \"a red cube on a blue sphere\" --height 512 --width 768 --steps {steps} --guidance-scale {cfg:g}",
         "```",
         "",
         "```python",
         "from lensforge.export import load_folder",
         "from lensforge.sampling.sampler import generate",
         "dit, vae, text_encoder = load_folder(\"THIS_FOLDER\")",
-        "images = generate(dit, vae, text_encoder, [\"a red cube\"], [(512, 512)], steps=20, guidance_scale=4.0)",
+        f"images = generate(dit, vae, text_encoder, [\"a red cube\"], [(512, 512)], steps={steps}, guidance_scale={cfg})",
         "```",
         "",
         "To continue training from it, name the folder in a recipe: `init_from: THIS_FOLDER`.",

@@ -159,6 +159,14 @@ def _write_tokenizer(text_encoder: nn.Module, out: Path) -> list[str] | None:
     return ["transformers", "PreTrainedTokenizerFast"]
 
 
+def inference_defaults(recipe_config: Any) -> dict[str, Any] | None:
+    """The sampling defaults of the exported model (``lensforge.json`` → ``inference``): its stage's
+    ``inference_defaults`` (a distilled Turbo: 4 steps, CFG 1), None without a recipe."""
+    stage = getattr(recipe_config, "stage", None)
+    hook = getattr(getattr(stage, "schema", None), "inference_defaults", None)
+    return dict(hook(recipe_config)) if callable(hook) else None
+
+
 def is_official_combination(dit: Any, vae: Any, text_encoder: Any) -> bool:
     """Whether the three plugins are exactly the official Lens trio (lens_mmdit + flux2 + gpt_oss)."""
     names = {role: getattr(type(m), "plugin_name", None) for role, m in (("dit", dit), ("vae", vae), ("text_encoder", text_encoder))}
@@ -242,17 +250,19 @@ def export_folder(
     write_json(out / "model_index.json", dict(sorted(index.items(), key=lambda kv: (not kv[0].startswith("_"), kv[0]))))
     from lensforge.recipe.plugin_config import config_to_dict
 
+    inference = inference_defaults(recipe_config)
     write_json(out / LENSFORGE_JSON, {
         "lensforge_version": __version__,
         "components": records,
         "official_layout": official,
         "written_as": how,
         "source": source,
+        "inference": inference,
         "recipe": config_to_dict(recipe_config) if recipe_config is not None else None,
     })
     (out / "README.md").write_text(
         model_card(records, recipe_config=recipe_config, official=official, source=source,
-                   num_params=sum(p.numel() for p in dit.parameters())),
+                   num_params=sum(p.numel() for p in dit.parameters()), inference=inference),
         encoding="utf-8",
     )
     done("README.md")

@@ -141,9 +141,14 @@ def _resolve(loaded: Loaded, problems: list[Problem]) -> dict[str, Any]:
     return walk(cfg, "")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe; raise :class:`RecipeError` listing every problem."""
-    loaded = load_layers(path, overrides, plugin_paths())
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, inline: dict[str, Any] | None = None,
+                display: str | None = None) -> Recipe:
+    """Load and validate a recipe; raise :class:`RecipeError` listing every problem.
+
+    ``inline``: the recipe's top layer as a mapping written inside the file ``path`` (a pipeline's stage entry,
+    its ``extends`` relative to that file), reported as ``display``.
+    """
+    loaded = load_layers(path, overrides, plugin_paths(), inline=inline, display=display)
     problems = list(loaded.problems)
     data = _resolve(loaded, problems) if loaded.files else {}
     config = None
@@ -159,5 +164,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             problems.append(Problem(key, msg, loaded.origin_of(key)))
     if problems or config is None:
         raise RecipeError(problems or [Problem("", "recipe is empty", str(path))])
-    return Recipe(config=config, data=data, path=str(path), files=loaded.files, overrides=list(overrides or []),
+    return Recipe(config=config, data=data, path=display or str(path), files=loaded.files, overrides=list(overrides or []),
                   _origin=loaded.origin_of)

@@ -120,16 +120,18 @@ def read_yaml(path: Path, problems: list[Problem], display: str) -> dict[str, An
     return data
 
 
-def load_file(path: Path, plugin_paths: set[str], problems: list[Problem], stack: tuple[Path, ...] = (), files: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load ``path`` with its ``extends`` chain; returns (data, origin)."""
+def load_file(path: Path, plugin_paths: set[str], problems: list[Problem], stack: tuple[Path, ...] = (), files: list[str] | None = None,
+              *, inline: dict[str, Any] | None = None, display: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load ``path`` with its ``extends`` chain; returns (data, origin). ``inline``: a layer given as a mapping
+    that lives in the file ``path`` (a pipeline's stage; its ``extends`` are relative to ``path``), named ``display``."""
     files = files if files is not None else []
     path = path.resolve()
-    display = _display(path)
+    display = display or _display(path)
     if path in stack:
         chain = " -> ".join(_display(p) for p in stack + (path,))
         problems.append(Problem("extends", f"extends cycle: {chain}", _display(stack[-1])))
         return {}, {}
-    data = read_yaml(path, problems, display)
+    data = read_yaml(path, problems, display) if inline is None else copy.deepcopy(inline)
     files.append(display)
     if data is None:
         return {}, {}
@@ -185,14 +187,15 @@ def parse_overrides(overrides: list[str], problems: list[Problem]) -> dict[str, 
     return out
 
 
-def load_layers(path: str | os.PathLike, overrides: list[str] | None, plugin_paths: set[str]) -> Loaded:
+def load_layers(path: str | os.PathLike, overrides: list[str] | None, plugin_paths: set[str], *,
+                inline: dict[str, Any] | None = None, display: str | None = None) -> Loaded:
     problems: list[Problem] = []
     p = Path(path)
     if not p.exists():
         problems.append(Problem("", "recipe file not found", str(path)))
         return Loaded(data={}, problems=problems)
     files: list[str] = []
-    data, origin = load_file(p, plugin_paths, problems, files=files)
+    data, origin = load_file(p, plugin_paths, problems, files=files, inline=inline, display=display)
     if overrides:
         over = parse_overrides(list(overrides), problems)
         data = merge(data, over, plugin_paths, origin, CLI)

@@ -19,6 +19,7 @@ any point leaves the previous checkpoint intact, so re-running the same command 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -26,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -35,6 +36,24 @@ from lensforge.fileio import atomic_write_text
 from lensforge.stages.checkpoint_io import UnsafeCheckpointError, resolve_resume
 
 log = logging.getLogger("lensforge.run")
+
+#: MLflow tags of every run opened inside :func:`nested_under` (a pipeline's stages are children of its run).
+_PARENT_TAGS: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def nested_under(parent_run_id: str | None, **tags: str) -> Iterator[None]:
+    """Runs opened inside this block are MLflow children of ``parent_run_id`` (tag ``mlflow.parentRunId``),
+    with ``tags`` added — how :mod:`lensforge.stages.pipeline` nests one run per stage under its own."""
+    old = dict(_PARENT_TAGS)
+    if parent_run_id:
+        _PARENT_TAGS["mlflow.parentRunId"] = str(parent_run_id)
+    _PARENT_TAGS.update({k: str(v) for k, v in tags.items()})
+    try:
+        yield
+    finally:
+        _PARENT_TAGS.clear()
+        _PARENT_TAGS.update(old)
 
 
 def setup_logging(output_dir: Path) -> None:
@@ -116,6 +135,7 @@ def open_run(recipe: Any, *, tracking: bool | None = None) -> Run:
 
         params, tags, artifacts = tracking_records(recipe)
         tags["lensforge.stage"] = str(cfg.stage.name)
+        tags.update(_PARENT_TAGS)
         tracker = MLflowTracker(output_dir=out, experiment=cfg.tracking.experiment, run_name=cfg.name,
                                 tracking_uri=cfg.tracking.tracking_uri, resume=resume_path is not None,
                                 params=params, tags=tags, artifacts=artifacts)
@@ -202,4 +222,4 @@ def fit(stage_cls: type, recipe: Any) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["Run", "build_trainer", "fit", "open_run", "setup_logging"]
+__all__ = ["Run", "build_trainer", "fit", "nested_under", "open_run", "setup_logging"]

@@ -117,6 +117,14 @@ def save_frozen_decision(mode: Literal["auto", "always", "never"], module: Any, 
 
 
 def _load_into(model: Any, state: dict[str, Any], role: str, source: str) -> None:
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise LensforgeError(
+            f"init_from: '{source}' is not the architecture of the '{role}' role's DiT: {len(wrong)} tensor(s) of "
+            f"another shape (weights vs model), e.g. {'; '.join(wrong[:3])}"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LensforgeError(

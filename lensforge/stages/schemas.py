@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from lensforge.interfaces.schema import StageSchema
 from lensforge.recipe.plugin_config import (
-    Decay, Fraction, NonNegativeFloat, NonNegativeInt, PluginRef, PositiveFloat, PositiveInt, plugin_field,
+    Decay, Fraction, NonNegativeFloat, NonNegativeInt, PluginRef, PositiveFloat, PositiveInt, Range, plugin_field,
 )
 from lensforge.stages.roles import DEFAULT_ROLES, RoleSpec, check_roles
 
@@ -54,6 +54,12 @@ class TrunkSchema(StageSchema):
     def check_recipe(cls, config: Any) -> list[tuple[str, str]]:
         """Recipe checks of the trunk (roles); stages extend it with their own."""
         return check_roles(cls.active_roles(config.stage.config), config, cls.plugin_name or cls.__name__)
+
+    @classmethod
+    def inference_defaults(cls, config: Any) -> dict[str, Any]:
+        """How a model this stage trained samples by default (recorded in exports, read by ``lensforge sample``):
+        ``steps``, ``guidance_scale`` and, for a distilled model, ``variant``. Default: the recipe's ``sampling``."""
+        return {"steps": int(config.sampling.steps), "guidance_scale": float(config.sampling.guidance_scale)}
 
 
 class PretrainSchema(TrunkSchema):
@@ -207,4 +213,133 @@ class RLSchema(TrunkSchema):
         return []
 
 
-__all__ = ["PretrainSchema", "RLSchema", "SystemConfig", "TrunkSchema"]
+#: ``num_train_timesteps`` of Lens's ``FlowMatchEulerDiscreteScheduler`` (``lensforge.sampling.schedule``): the most
+#: distinct sampler steps its scheduler gives.
+SCHEDULER_TRAIN_TIMESTEPS = 1000
+
+#: DiT config fields that change how a model runs, not its weights (allowed to differ between teacher and student).
+RUNTIME_DIT_FIELDS = frozenset({"attention", "activation_checkpointing", "zero_init", "compile"})
+
+
+def dit_architecture(ref: Any, node: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """``(plugin name, architecture)`` of a DiT plugin node — what must match for one DiT's weights to load into
+    another. The architecture is the schema's ``resolve(config)`` when it has one (``lens_mmdit``: flavor defaults
+    filled in), else the config without runtime-only fields. ``node`` (a recipe mapping, e.g. from another run's
+    ``recipe.yaml``) is read with ``ref``'s schema when it names the same plugin."""
+    from lensforge.recipe.plugin_config import build_config, config_to_dict
+
+    schema, name, cfg = ref.schema, str(ref.name), ref.config
+    if node is not None:
+        name = str(node.get("name"))
+        if name != ref.name:
+            return name, None
+        cfg = build_config(schema, {k: v for k, v in node.items() if k != "name"})
+    resolve = getattr(schema, "resolve", None)
+    if callable(resolve):
+        try:
+            return name, resolve(cfg)
+        except Exception:  # noqa: BLE001 - an unresolvable config is compared field by field
+            pass
+    return name, {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_DIT_FIELDS}
+
+
+class DistillSchema(TrunkSchema):
+    """Config, roles and validation checks of the ``distill`` stage (Lens-Turbo: DMD2 + Decoupled-DMD +
+    SenseFlow IDA + an adversarial head with R1)."""
+
+    roles: ClassVar[dict[str, RoleSpec]] = {
+        "teacher": RoleSpec(trained=False, ema=False, saved=False, init="init_from", required=True),
+        "dit": RoleSpec(trained=True, ema=True, saved=True, init="role:teacher"),
+        "critic": RoleSpec(trained=True, ema=False, saved=True, init="role:teacher"),
+    }
+
+    @dataclass(kw_only=True)
+    class Config(SystemConfig):
+        student_steps: Annotated[int, Range(ge=1, le=SCHEDULER_TRAIN_TIMESTEPS)] = 4
+        """Sampler steps of the student (Lens-Turbo: 4). Its input noise levels are the Lens scheduler's σ at this
+        step count for each sample's own token count (resolution-dependent mu), so ``lensforge sample`` with this
+        many steps runs exactly the levels the student was trained on."""
+        teacher_guidance: Annotated[float, Range(ge=1)] = 5.0
+        """CFG scale α of the frozen teacher (Lens-RL samples at 5.0), norm-rescaled per token as Lens's sampler."""
+        dm_weight: NonNegativeFloat = 1.0
+        """Weight of the distribution-matching term ``x0_fake − x0_cond`` (Decoupled-DMD's regulariser; 0 = off)."""
+        ca_weight: NonNegativeFloat = 1.0
+        """Weight of the CFG-augmentation term ``(x0_cond − x0_cfg)/(α − 1)``, applied with the factor ``α − 1`` (the
+        engine; 0 = off). ``dm_weight = ca_weight = 1`` is DMD2's gradient towards the CFG teacher."""
+        dm_t_range: tuple[Fraction, Fraction] = (0.02, 0.98)
+        """Range of the re-noising level t of the student's prediction for the DM/CA terms (uniform, per sample) …"""
+        dm_t_shift: bool = True
+        """… shifted by each sample's token count as pre-training's σ (larger images at higher noise)."""
+        critic_updates_per_student: PositiveInt = 4
+        """Two time-scale: optimizer steps of the fake-score critic between two student steps (DMD2: 4; SenseFlow: 9).
+        Each optimizer step is one ``trainer.max_steps`` step."""
+        critic_logit_mean: float = 0.0
+        """Mean of the logit-normal σ of the critic's flow-matching loss on the student's samples (shifted as ``dm_t_shift``)."""
+        critic_logit_std: PositiveFloat = 1.0
+        """Standard deviation of that logit-normal σ."""
+        backsim_prob: Fraction = 0.5
+        """Probability that the student's input at a level below σ = 1 comes from backward simulation (its own Euler
+        steps from noise, as at inference) instead of the noised real latents of the batch (DMD2 multi-step)."""
+        ida: bool = True
+        """SenseFlow's implicit distribution alignment: after each student step the critic moves towards the student's
+        parameters, ``critic ← ida_decay·critic + (1 − ida_decay)·student``."""
+        ida_decay: Decay = 0.98
+        """Share of the critic kept by each IDA step (SenseFlow: 0.98)."""
+        adversarial: bool = False
+        """An adversarial head on the critic's features (one block's image tokens), trained with the critic on the
+        batch's real latents vs the student's samples (non-saturating loss), with approximate R1."""
+        gan_gen_weight: NonNegativeFloat = 0.03
+        """Weight of the student's adversarial loss ``softplus(−D(x̂0 noised))`` (FastGen Flux/Qwen: 0.03)."""
+        gan_disc_weight: NonNegativeFloat = 1.0
+        """Weight of the head's loss ``softplus(D(fake)) + softplus(−D(real))`` in the critic step."""
+        r1_weight: NonNegativeFloat = 100.0
+        """Approximate R1 on real latents (FastGen): ``weight · mean (D(x) − D(x + α·ε))²`` (0 = off; FastGen 100–1000)."""
+        r1_alpha: PositiveFloat = 0.1
+        """Perturbation scale α of the approximate R1."""
+        disc_feature_layer: int = -1
+        """Index of the critic block (its ``fsdp_units()``) whose image-token output feeds the head (−1 = the middle one)."""
+        ema_decay: Decay = 0.99
+        """EMA decay of the student (sampled, exported)."""
+
+    @classmethod
+    def tiny_config(cls) -> Any:
+        return cls.Config(ema_decay=0.9, critic_updates_per_student=1)
+
+    @classmethod
+    def check_config(cls, config: Any) -> list[tuple[str, str]]:
+        out = []
+        lo, hi = config.dm_t_range
+        if not 0.0 < lo < hi < 1.0:
+            out.append(("dm_t_range", f"needs 0 < low < high < 1, got [{lo}, {hi}]"))
+        if config.dm_weight == 0 and config.ca_weight == 0 and not (config.adversarial and config.gan_gen_weight > 0):
+            out.append(("dm_weight", "every generator term is off (dm_weight, ca_weight and the adversarial loss): the student "
+                                      "would not learn"))
+        return out
+
+    @classmethod
+    def inference_defaults(cls, config: Any) -> dict[str, Any]:
+        """Lens-Turbo's release: ``student_steps`` Euler steps of the Lens scheduler, no CFG (one forward per step)."""
+        return {"steps": int(config.stage.config.student_steps), "guidance_scale": 1.0, "variant": "turbo"}
+
+    @classmethod
+    def check_recipe(cls, config: Any) -> list[tuple[str, str]]:
+        out = super().check_recipe(config)
+        sc = config.stage.config
+        s = config.sampling
+        if s.steps != sc.student_steps:
+            out.append(("sampling.steps", f"the student samples in stage.student_steps = {sc.student_steps} steps (the "
+                                          f"schedule it was trained on), but sampling.steps is {s.steps}: set "
+                                          f"sampling.steps: {sc.student_steps} (validation grids, sample/export defaults)"))
+        if s.guidance_scale != 1.0:
+            out.append(("sampling.guidance_scale", f"the distilled student is CFG-free: set 1.0 (got {s.guidance_scale})"))
+        student = dit_architecture(config.model.dit)
+        for role in ("teacher", "critic"):
+            rc = (getattr(config.model, "roles", None) or {}).get(role)
+            if rc is not None and rc.dit is not None and dit_architecture(rc.dit) != student:
+                out.append((f"model.roles.{role}.dit", f"the {role}'s DiT ({rc.dit.name}) differs from the student's "
+                                                       f"(model.dit, {config.model.dit.name}): the student and the critic "
+                                                       "start from the teacher's weights, so all three share one architecture"))
+        return out
+
+
+__all__ = ["DistillSchema", "PretrainSchema", "RLSchema", "SystemConfig", "TrunkSchema", "dit_architecture"]

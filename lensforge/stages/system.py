@@ -212,6 +212,11 @@ class StageSystem(TrunkSchema, Stage):
     def trained_roles(self) -> list[str]:
         return [n for n in self._role_names if self.roles[n].trained]
 
+    def extra_role_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """Parameters of stage-owned modules trained with role ``name`` by its optimizer (default none; the
+        distillation stage's adversarial head trains with the critic)."""
+        return []
+
     def describe_roles(self) -> list[str]:
         out = []
         for n in self._role_names:
@@ -308,6 +313,7 @@ class StageSystem(TrunkSchema, Stage):
         groups = []
         for name in self.trained_roles():
             params = [p for p in getattr(self, name).parameters() if p.requires_grad]
+            params += [p for p in self.extra_role_parameters(name) if p.requires_grad]
             if params:
                 groups.append({"params": params, "role": name, **self._role_hparams(name)})
         if not groups:

@@ -18,5 +18,11 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(RECIPES)) for p in ALL])
 def test_recipe_validates(path):
+    from lensforge.stages.pipeline import is_pipeline_file, load_pipeline
+
+    if is_pipeline_file(path):  # a pipeline recipe: every stage validates
+        pipe = load_pipeline(path)
+        assert pipe.stages and all(st.recipe.config.model.dit.name for st in pipe.stages)
+        return
     recipe = load_recipe(path)
     assert recipe.config.model.dit.name and recipe.config.stage.name
