@@ -351,3 +351,31 @@ def test_failing_endpoints_are_counted_and_reported_not_crashing(setup, capsys):
         assert c["status"] == "failed" and c["rewrite_failures"] == 4 and "overloaded" in c["reason"]
         assert (root / "down" / "best_system_prompt.txt").is_file()
     capsys.readouterr()
+
+
+MAIN_RUN = REPO / "runs" / "tiny_pretrain"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MAIN_RUN / "summary.json").is_file(), reason="needs the main job's run (lensforge fit recipes/tiny/pretrain.yaml)")
+def test_search_on_the_main_jobs_model_keeps_the_best(setup, tmp_path, capsys):
+    """The same scripted endpoint on the trained tiny model: rewrites with and without the background / position
+    phrases give different images and scores, and the search keeps the best (numbers in docs/reasoner.md)."""
+    root, prompts, server, _ = setup
+    big = tmp_path / "short.jsonl"
+    assert main(["data", "prompts", "synthetic:64", str(big), "--seed", "2", "--categories",
+                 "single_object,color,shape,size,position,background", "--world", *WORLD_ARGS]) == 0
+    r = _recipe(tmp_path, big, server, "real", dev_prompts=12, held_out_prompts=24, rounds=2, proposals_per_round=2,
+                max_images=0, max_llm_calls=0)
+    doc = __import__("yaml").safe_load(r.read_text())
+    doc["init_from"] = str(MAIN_RUN)
+    doc["extends"] = [str(REPO / "recipes" / "tiny" / "pretrain.yaml")]
+    doc["sampling"] = {"steps": 20}
+    r.write_text(__import__("yaml").safe_dump(doc))
+    assert main(["reasoner", "search", str(r), "--no-progress"]) == 0
+    print(capsys.readouterr().out)
+    cands = [e for e in _history(tmp_path / "real") if e["event"] == "candidate" and e["status"] == "scored"]
+    scores = [c["dev_score"] for c in cands]
+    assert len(set(scores)) > 1, scores
+    s = json.loads((tmp_path / "real" / "summary.json").read_text())
+    assert s["best_dev_score"] == max(scores) and s["held_out"]["best"] is not None
