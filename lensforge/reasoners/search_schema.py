@@ -96,18 +96,9 @@ class ReasonerSearchSchema(StageSchema):
         if not config.init_from:
             out.append(("init_from", "reasoner_search needs the trained model whose prompts are rewritten: a run "
                                      "folder, a checkpoint or an exported folder"))
-        sc = config.stage.config
-        rcfg = sc.reasoner.config
-        if getattr(rcfg, "share_text_encoder", False):
-            te = config.model.text_encoder
-            if te.name != "gpt_oss":
-                out.append(("stage.reasoner.share_text_encoder",
-                            f"the model's text encoder is '{te.name}'; {sc.reasoner.name} can share weights only with "
-                            "the gpt_oss text encoder (set share_text_encoder: false and path: <model folder>)"))
-            elif getattr(rcfg, "path", None) and getattr(te.config, "path", None) and \
-                    os.path.realpath(os.path.expanduser(rcfg.path)) != os.path.realpath(os.path.expanduser(te.config.path)):
-                out.append(("stage.reasoner.path", f"'{rcfg.path}' is not the text encoder's folder "
-                                                   f"'{te.config.path}': only the same weights can be shared"))
+        from lensforge.reasoners.use import sharing_problems
+
+        out += sharing_problems(config.stage.config.reasoner, config.model.text_encoder, "stage.reasoner")
         return out
 
     @classmethod

@@ -90,6 +90,23 @@ def _yaml(v: Any) -> str:
     return json.dumps(v)  # JSON is YAML: parse_params reads it back unchanged
 
 
+def sharing_problems(reasoner: Any, text_encoder: Any, key: str) -> list[tuple[str, str]]:
+    """Validation of a reasoner node that shares the text encoder's weights (``share_text_encoder: true``):
+    the recipe's text encoder must be ``gpt_oss`` and, when the reasoner names a ``path``, from that folder."""
+    import os
+
+    if reasoner is None or not getattr(reasoner.config, "share_text_encoder", False):
+        return []
+    if text_encoder.name != "gpt_oss":
+        return [(f"{key}.share_text_encoder",
+                 f"the model's text encoder is '{text_encoder.name}'; {reasoner.name} can share weights only with the "
+                 "gpt_oss text encoder (set share_text_encoder: false and path: <model folder>)")]
+    mine, theirs = getattr(reasoner.config, "path", None), getattr(text_encoder.config, "path", None)
+    if mine and theirs and os.path.realpath(os.path.expanduser(mine)) != os.path.realpath(os.path.expanduser(theirs)):
+        return [(f"{key}.path", f"'{mine}' is not the text encoder's folder '{theirs}': only the same weights can be shared")]
+    return []
+
+
 def training_world(recipe_config: Any) -> Any:
     """The synthetic world config a recipe trains on (None when its data is not the synthetic world)."""
     src = getattr(getattr(recipe_config, "data", None), "source", None)
@@ -122,4 +139,4 @@ def rewrite_all(reasoner: Any, prompts: Sequence[str], *, system_prompt: str | N
 
 
 __all__ = ["add_cli_arguments", "attach", "build_reasoner", "parse_params", "reasoner_for", "rewrite_all",
-           "training_world"]
+           "sharing_problems", "training_world"]

@@ -76,3 +76,11 @@ def resolution_multiple(config: Any) -> list[tuple[str, str]]:
         if v % lat.downsample:
             out.append((f"sampling.{key}", f"{v} is not a multiple of the VAE's token size {lat.downsample}"))
     return out
+
+
+@recipe_check
+def reasoner_weight_sharing(config: Any) -> list[tuple[str, str]]:
+    """A ``sampling.reasoner`` that shares the text encoder's weights needs a text encoder it can share."""
+    from lensforge.reasoners.use import sharing_problems
+
+    return sharing_problems(config.sampling.reasoner, config.model.text_encoder, "sampling.reasoner")

@@ -261,3 +261,19 @@ def test_rewrite_record_round_trips():
     assert rw.to_dict() == {"prompt": "a", "text": "b", "ok": True, "raw": "<x>b", "notes": {"unparsed": ["q"]}}
     failed = Rewrite(prompt="a", text="a", ok=False, error="empty rewrite")
     assert failed.to_dict() == {"prompt": "a", "text": "a", "ok": False, "error": "empty rewrite"}
+
+
+def test_recipes_name_a_reasoner_in_sampling_and_validate_sharing():
+    from pathlib import Path
+
+    from lensforge.errors import RecipeError
+    from lensforge.recipe import load_recipe
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "pretrain.yaml"
+    assert load_recipe(tiny).config.sampling.reasoner is None
+    ref = load_recipe(tiny, ["sampling.reasoner.name=synthetic_world", "sampling.reasoner.seed=3"]).config.sampling.reasoner
+    assert ref.name == "synthetic_world" and ref.config.seed == 3
+    with pytest.raises(RecipeError, match="sampling.reasoner.share_text_encoder: the model's text encoder is 'hf_encoder'"):
+        load_recipe(tiny, ["sampling.reasoner={name: transformers_lm, share_text_encoder: true}"])
+    with pytest.raises(RecipeError, match="did you mean 'synthetic_world'"):
+        load_recipe(tiny, ["sampling.reasoner.name=synthetic_wrld"])
