@@ -25,8 +25,8 @@ Scale: an epoch's order is a uint32 permutation up to 16.7M samples and a per-po
 bijection (:class:`FeistelOrder`) above, so no worker materialises an order of hundreds of millions
 of indices. A source with a ``readahead`` (remote indexed shards) is asked to ``prefetch`` the next
 indices of the order in growing windows, so their reads overlap. A source in ``mode: streaming``
-(shards without an index) gets a :class:`lensforge.data.streaming.ShardStream` instead, which
-splits shards, not indices, across ranks × workers.
+(shards without an index) brings a :class:`lensforge.data.streaming.ShardStream` instead (its
+``stream_class()``), which splits shards, not indices, across ranks × workers.
 """
 
 from __future__ import annotations
@@ -434,11 +434,8 @@ def build_loader(data_cfg: DataConfig, *, downsample: int, seed: int, rank: int 
     if rank is None or world_size is None:
         rank, world_size = dist_rank_world()
     source = source if source is not None else build_source(data_cfg)
-    stream_cls: type[PackedStream] = PackedStream
-    if getattr(source, "streaming", False):  # shards streamed in order (no index): see lensforge.data.streaming
-        from lensforge.data.streaming import ShardStream
-
-        stream_cls = ShardStream
+    # a source may bring its own stream (webdataset in ``mode: streaming``: lensforge.data.streaming.ShardStream)
+    stream_cls: type[PackedStream] = source.stream_class() if callable(getattr(source, "stream_class", None)) else PackedStream
     stream = stream_cls(source, data_cfg, downsample=downsample, seed=seed, rank=rank, world_size=world_size)
     lc = data_cfg.loader
     size = (f"{source.num_shards} streamed shards" if stream_cls is not PackedStream  # type: ignore[attr-defined]

@@ -363,6 +363,16 @@ class WebDatasetSource(DataSource):
                             "native_size": native, **extra})
 
     # --- streaming ----------------------------------------------------------------------------
+
+    def stream_class(self) -> type:
+        """The loader's stream for this source: whole shards per worker when streaming, else map-style reads."""
+        if self.streaming:
+            from lensforge.data.streaming import ShardStream
+
+            return ShardStream
+        from lensforge.data.loader import PackedStream
+
+        return PackedStream
     def read_ref(self, si: int, offset: int, size: int) -> tuple[str, Members]:
         """The sample whose span is ``(offset, size)`` in shard ``si`` (to restore a streaming position)."""
         return parse_span(self.reader.read(self.shards[si], offset, offset + size), self._where(si))
