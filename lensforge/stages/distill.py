@@ -374,7 +374,8 @@ class DistillStage(DistillSchema, StageSystem):
             loss, m = self.critic_step(x0_real, shapes, lens, text)
         self._counts[kind] += 1
         self._metrics[kind] = m
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(shapes))
+        # the progress bar shows this step's loss (critic or student); MLflow gets each kind on its own curve
+        self.log("train/loss", loss, prog_bar=True, logger=False, batch_size=len(shapes))
         if self.should_log_details():
             logs = self.common_metrics(batch, text, step_seconds)
             for part in self._metrics.values():  # the newest critic and student figures, whichever step this is

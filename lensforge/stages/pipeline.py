@@ -95,10 +95,6 @@ class Pipeline:
     def out(self) -> Path:
         return Path(self.config.output_dir).expanduser().resolve()
 
-    def tracking_uri(self) -> str:
-        """The MLflow store of the parent run and every stage's run."""
-        return self.config.tracking.tracking_uri or f"sqlite:///{self.out / 'mlflow.db'}"
-
 
 # ------------------------------------------------------------------------------------------ loading
 

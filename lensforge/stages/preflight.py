@@ -5,7 +5,8 @@ Checked: CUDA present when the recipe needs it (GPU accelerator, FSDP2 unless ex
 fp16 precision), enough CUDA devices, local weight folders of the plugins (any
 ``path``/``*_path`` field of a plugin ``Config`` that names a local folder), and an estimate of
 training state per device (DiT weights, gradients, AdamW moments and EMA, sharded by FSDP2: the
-memory model of :mod:`lensforge.distributed.memory`, shared with ``lensforge plan``) against the
+memory model of :mod:`lensforge.distributed.memory`, shared with ``lensforge plan``, for every DiT role the
+stage holds: a distillation run trains a student and a critic beside a frozen teacher) against the
 device's memory — the DiT is built on the ``meta`` device to count its parameters, which
 allocates nothing.
 """
@@ -76,6 +77,25 @@ def _device_memory(cuda: bool) -> int | None:
         return None
 
 
+def role_state_bytes(recipe: Any, n_params: int, shards: int) -> tuple[int, int]:
+    """``(bytes per device, DiT copies)`` of every DiT role the stage holds: trained roles with gradients, AdamW
+    and (when EMA'd) an EMA copy; frozen roles (an RL reference, a distillation teacher) with their weights only."""
+    cfg = recipe.config
+    tc = cfg.trainer
+    stage_cfg = getattr(cfg.stage, "config", None)
+    keeps_ema = stage_keeps_ema(stage_cfg)
+    active = getattr(cfg.stage.cls, "active_roles", None)
+    roles = active(stage_cfg) if callable(active) else {"dit": None}
+    total = 0
+    for spec in roles.values():
+        if spec is None or spec.trained:
+            ema = keeps_ema and (spec is None or spec.ema)
+            total += sum(training_state_bytes(n_params, precision=str(tc.precision), shard=shards, ema=ema).values())
+        else:
+            total += training_state_bytes(n_params, precision=str(tc.precision), shard=shards, ema=False)["weights"]
+    return total, len(roles)
+
+
 def preflight_reasons(recipe: Any) -> list[str]:
     """Every reason this machine cannot run ``recipe`` (empty list = go)."""
     cfg = recipe.config
@@ -105,17 +125,18 @@ def preflight_reasons(recipe: Any) -> list[str]:
         if n_params and mem:
             world = planned_world_size(tc, auto_counts_cuda=False)[0]
             shards = max(1, world) if tc.strategy == "fsdp2" and world else 1
-            est = sum(training_state_bytes(n_params, precision=str(tc.precision), shard=shards,
-                                           ema=stage_keeps_ema(getattr(cfg.stage, "config", None))).values())
+            est, copies = role_state_bytes(recipe, n_params, shards)
             where = "GPU" if cuda_run else "RAM"
-            log.info("preflight: DiT %.3gM params, ~%.2f GiB of training state per device (%s has %.1f GiB)",
-                     n_params / 1e6, est / 2**30, where, mem / 2**30)
+            log.info("preflight: DiT %.3gM params × %d role(s), ~%.2f GiB of training state per device (%s has %.1f GiB)",
+                     n_params / 1e6, copies, est / 2**30, where, mem / 2**30)
             if est > 0.9 * mem:
+                several = f", {copies} copies: the stage's DiT roles" if copies > 1 else ""
                 reasons.append(
-                    f"the DiT ({n_params / 1e9:.2f}B params) needs about {est / 2**30:.0f} GiB per device for weights, "
+                    f"the DiT ({n_params / 1e9:.2f}B params{several}) "
+                    f"needs about {est / 2**30:.0f} GiB per device for weights, "
                     f"gradients, AdamW and EMA (sharded over {shards}), but the {where} has {mem / 2**30:.0f} GiB"
                 )
     return reasons
 
 
-__all__ = ["dit_param_count", "preflight_reasons"]
+__all__ = ["dit_param_count", "preflight_reasons", "role_state_bytes"]
