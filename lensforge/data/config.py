@@ -61,6 +61,9 @@ class PackingConfig:
     """Upper bound on samples per batch."""
     lookahead: PositiveInt = 32
     """Loaded samples the packer may choose from (first-fit, oldest first; larger = fuller batches)."""
+    group_by_size: bool = False
+    """One image size per batch (per-size bucketing, as other trainers do) instead of mixed sizes; raise
+    ``lookahead`` so each size finds enough companions. The baseline arm of the resolution ablation."""
 
 
 @dataclass(kw_only=True)

@@ -65,6 +65,11 @@ class _Item:
     txt_tokens: int
 
 
+def size_key(item: _Item) -> tuple[int, int]:
+    """The ``(H, W)`` of a packed item: its group under ``data.packing.group_by_size``."""
+    return tuple(item.sample.image.shape[-2:])
+
+
 def dist_rank_world() -> tuple[int, int]:
     """``(rank, world_size)`` of this process (:func:`lensforge.distributed.env.rank_world`)."""
     from lensforge.distributed.env import rank_world
@@ -220,7 +225,8 @@ class PackedStream(IterableDataset):
             )
         st = self._resume_state(shard, num_shards)
         p = self.packing
-        packer: TokenBudgetPacker[_Item] = TokenBudgetPacker(p.token_budget, p.max_samples, p.lookahead)
+        packer: TokenBudgetPacker[_Item] = TokenBudgetPacker(p.token_budget, p.max_samples, p.lookahead,
+                                                                     group_key=size_key if p.group_by_size else None)
         packer.oversize = st["oversize"]
         # sources that read from a slow store fetch the next samples concurrently (remote shards)
         readahead = int(getattr(self.source, "readahead", 0) or 0)

@@ -8,13 +8,17 @@ the buffer is flushed into final (possibly under-filled) batches. Nothing is dro
 every sample that enters leaves in exactly one batch. A sample larger than the whole budget gets a
 batch of its own and is counted (``oversize``) and logged.
 
+With a ``group_key`` (``data.packing.group_by_size``) a batch holds one group only: the oldest
+sample's, filled first-fit from the later buffered samples of the same group — per-size bucketing as
+other text-to-image trainers do it, kept as the baseline of the resolution ablation (docs/ablations.md).
+
 Packing efficiency = real tokens / budget, reported per batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -56,7 +60,8 @@ class Packed(Generic[T]):
 class TokenBudgetPacker(Generic[T]):
     """Incremental first-fit packer over a bounded lookahead buffer (see the module docstring)."""
 
-    def __init__(self, budget: int, max_samples: int = 64, lookahead: int = 32):
+    def __init__(self, budget: int, max_samples: int = 64, lookahead: int = 32,
+                 group_key: Callable[[T], Hashable] | None = None):
         if budget < 1 or max_samples < 1 or lookahead < 1:
             raise LensforgeError(
                 f"packing needs token_budget, max_samples and lookahead >= 1, got {budget}, {max_samples}, {lookahead}"
@@ -64,6 +69,7 @@ class TokenBudgetPacker(Generic[T]):
         self.budget = int(budget)
         self.max_samples = int(max_samples)
         self.lookahead = int(lookahead)
+        self.group_key = group_key
         self.buffer: list[tuple[T, int]] = []
         self.oversize = 0
 
@@ -81,7 +87,12 @@ class TokenBudgetPacker(Generic[T]):
         """Take one batch out of the buffer (``None`` when empty)."""
         if not self.buffer:
             return None
-        pos = first_fit([c for _, c in self.buffer], self.budget, self.max_samples)
+        if self.group_key is None:
+            pos = first_fit([c for _, c in self.buffer], self.budget, self.max_samples)
+        else:  # one group per batch: the oldest sample's
+            key = self.group_key(self.buffer[0][0])
+            same = [i for i, (it, _) in enumerate(self.buffer) if self.group_key(it) == key]
+            pos = [same[j] for j in first_fit([self.buffer[i][1] for i in same], self.budget, self.max_samples)]
         taken = set(pos)
         items = [self.buffer[i] for i in pos]
         self.buffer = [x for i, x in enumerate(self.buffer) if i not in taken]

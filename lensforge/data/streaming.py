@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lensforge.data.loader import PackedStream, _Item, mix64
+from lensforge.data.loader import PackedStream, _Item, mix64, size_key
 from lensforge.data.packing import TokenBudgetPacker
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import DataBatch, SampleError
@@ -101,7 +101,8 @@ class ShardStream(PackedStream):
         st = self._resume_state(shard, num_shards)
         ss = st["stream"]
         p = self.packing
-        packer: TokenBudgetPacker[_Item] = TokenBudgetPacker(p.token_budget, p.max_samples, p.lookahead)
+        packer: TokenBudgetPacker[_Item] = TokenBudgetPacker(p.token_budget, p.max_samples, p.lookahead,
+                                                                     group_key=size_key if p.group_by_size else None)
         packer.oversize = st["oversize"]
         for e, ref in st["buffer"]:  # samples loaded but not yet batched
             item = self._load_entry(e, self._reread(ref, st), st)
