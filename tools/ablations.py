@@ -473,6 +473,7 @@ def make_grid(ab: Ablation, images: list[dict[str, Any]], path: Path, n: int = 8
     if not rows:
         return False
     cell = 100
+    biggest = max(max(im["size"]) for _, ims in rows for im in ims)
     label_w = 90
     cols = max(len(r[1]) for r in rows)
     grid = Image.new("RGB", (label_w + cols * cell, len(rows) * cell), "white")
@@ -483,7 +484,9 @@ def make_grid(ab: Ablation, images: list[dict[str, Any]], path: Path, n: int = 8
             p = Path(im["folder"]) / im["file"]
             if p.is_file():
                 tile = Image.open(p).convert("RGB")
-                tile.thumbnail((cell - 4, cell - 4))
+                k = (cell - 4) / max(tile.size)  # same scale for every size of a row: sizes stay comparable
+                k = k if not any(im["size"] != ims[0]["size"] for im in ims) else (cell - 4) / biggest
+                tile = tile.resize((max(1, round(tile.width * k)), max(1, round(tile.height * k))), Image.NEAREST)
                 grid.paste(tile, (label_w + c * cell + 2, r * cell + 2))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
