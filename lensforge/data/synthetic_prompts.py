@@ -45,6 +45,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -598,6 +599,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str) -> Counter[str]:
     """Write rows as JSONL (atomically); returns the per-category counts."""
     from lensforge.fileio import atomic_write_text
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # `lensforge data prompts … runs/new/p.jsonl` makes runs/new
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return Counter(str(r["category"]) for r in rows)
 

@@ -123,6 +123,8 @@ def test_deterministic_and_options(tmp_path, capsys):
         assert main(["data", "prompts", *argv[:1], str(tmp_path / "x.jsonl"), *argv[1:]]) == 2
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "x.jsonl").exists()
+    assert main(["data", "prompts", "synthetic:3", str(tmp_path / "new" / "dir" / "p.jsonl")]) == 0  # folders made
+    assert len((tmp_path / "new" / "dir" / "p.jsonl").read_text().splitlines()) == 3
     with pytest.raises(LensforgeError, match=">= 1"):
         taxonomy_rows(0)
 
