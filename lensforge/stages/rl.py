@@ -8,7 +8,8 @@ Each optimizer step:
    (aspect ratios and bases) — every image of every group **packed into one DiT call per sampler step**
    (no per-size buckets). Each image's noise comes from its own generator, so packing never changes an
    image. ``nft``: a deterministic ODE rollout of the "old" policy (CFG ``rollout_guidance``, 1.0 =
-   DiffusionNFT's CFG-free default). ``grpo``: the current policy with SDE steps (Flow-GRPO's ``sde``
+   DiffusionNFT's CFG-free default; above 1 the NFT policy is the guided velocity, as Flow-GRPO's
+   ``train.cfg``, so the model is trained at the guidance it samples with). ``grpo``: the current policy with SDE steps (Flow-GRPO's ``sde``
    form, noise level ``noise_level``) inside a window of ``sde_window_size`` steps at a random start,
    recording each window step's state and log-probability.
 3. **Rewards** from the reward plugin (the synthetic verifier, a VLM rubric judge, a mix …) per image;
@@ -45,7 +46,7 @@ from lensforge.interfaces import TextFeatures
 from lensforge.sampling.sampler import euler_step, guided_velocity, sample_latents, sde_step
 from lensforge.sampling.schedule import lens_sigmas
 from lensforge.stages.objectives import (
-    add_noise, group_advantages, grpo_loss, latents_of, nft_loss, nft_reward_weight, packed_call, tokens_of,
+    add_noise, group_advantages, grpo_loss, latents_of, nft_loss, nft_reward_weight, tokens_of,
 )
 from lensforge.stages.schemas import RLSchema
 from lensforge.stages.system import StageSystem
@@ -75,7 +76,7 @@ def sde_rollout(dit: Any, text: TextFeatures, shapes: Sequence[tuple[int, int]],
     """Flow-GRPO rollouts of a packed batch: ODE steps outside ``window = (start, end)``, SDE steps inside.
 
     Returns ``latents`` (per sample ``[C, h, w]``), ``states`` (packed ``x`` before each window step and
-    after the last), ``log_probs`` (``[W, B]``), ``sigmas`` (``[steps + 1, B]``) and ``window``.
+    right after the last window step: ``states[j] → states[j + 1]`` is window step ``j``), ``log_probs`` (``[W, B]``), ``sigmas`` (``[steps + 1, B]``) and ``window``.
     """
     lens = torch.tensor([int(h) * int(w) for h, w in shapes], dtype=torch.long)
     x = torch.cat(initial_noise(shapes, channels, generators), 0)
@@ -98,10 +99,10 @@ def sde_rollout(dit: Any, text: TextFeatures, shapes: Sequence[tuple[int, int]],
                 x, _, _, lp = sde_step(x, v, s, s_next, lens, sigma_max=sched[1], noise_level=noise_level,
                                        noise=noise.to(device))
                 log_probs.append(lp.cpu())
+                if i == end - 1:  # the state each window step led to: the last one's too (not the trajectory's end)
+                    states.append(x.float().cpu())
             else:
                 x = euler_step(x, v, s, s_next, lens)
-        if end > start:
-            states.append(x.float().cpu())
     finally:
         dit.train(was)
     return {"latents": latents_of(x.float().cpu(), list(shapes)), "states": states,
@@ -325,10 +326,14 @@ class RLStage(RLSchema, StageSystem):
             noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
             x_t = add_noise(x0, noise, sig, lens)
             mb_text = text.select(idx)
-            v_theta = packed_call(self.dit, x_t, mb_shapes, sig, mb_text)
+            # the policy is the velocity the rollouts followed: with rollout_guidance > 1, the norm-rescaled CFG
+            # velocity (conditional and unconditional branches in one packed call), for θ, old and reference alike
+            g = c.rollout_guidance
+            v_theta = guided_velocity(self.dit, x_t, mb_shapes, sig, mb_text, guidance_scale=g)
             with torch.no_grad():
-                v_old = packed_call(self.old, x_t, mb_shapes, sig, mb_text)
-                v_ref = packed_call(self.reference, x_t, mb_shapes, sig, mb_text) if "reference" in self._role_names else None
+                v_old = guided_velocity(self.old, x_t, mb_shapes, sig, mb_text, guidance_scale=g)
+                v_ref = (guided_velocity(self.reference, x_t, mb_shapes, sig, mb_text, guidance_scale=g)
+                         if "reference" in self._role_names else None)
             loss, m = nft_loss(v_theta, v_old, x_t, x0, sig, lens, r[idx], beta=c.nft_beta, adv_clip=c.adv_clip,
                                v_ref=v_ref, kl_beta=c.kl_beta)
             self.manual_backward(loss * (len(chunk) / n_total))
@@ -468,7 +473,8 @@ class RLValidation(Callback):
         grid = make_grid(images)
         with atomic_path(self.out_dir / f"step_{step:07d}.png") as tmp:
             grid.save(tmp, format="PNG")
-        atomic_write_text(folder / "summary.md", summary_tables(suite, [TargetResult("policy", scored, summary)]))
+        atomic_write_text(folder / "summary.md", summary_tables(suite, [TargetResult(
+            "policy", scored, summary, sampling=f"{self.cfg.steps} steps, CFG {self.cfg.guidance_scale:g}")]))
         atomic_write_text(folder / "results.json", json.dumps({
             "step": step, "summary": summary,
             "images": [{"id": x.item.row["id"], "prompt": x.item.row["prompt"], "seed": x.item.seed,

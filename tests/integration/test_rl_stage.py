@@ -68,6 +68,32 @@ def test_rollouts_of_three_aspect_ratios_packed_equal_one_by_one(kind):
             torch.testing.assert_close(packed[1][:, i], alone[1][:, 0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window", [(0, 2), (1, 3), (2, 4)])
+def test_grpo_log_probs_recomputed_from_the_recorded_states_equal_the_rollouts(window):
+    """Before any update the policy is the one that rolled out: every window step's ratio must be exactly 1 —
+    including the window's last step when ODE steps follow it (its state is the one it led to, not the image)."""
+    from lensforge.interfaces import TextFeatures
+    from lensforge.sampling.sampler import guided_velocity, sde_step
+    from lensforge.stages.rl import sde_rollout
+
+    dit = _tiny_dit()
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 4]
+    text = TextFeatures(layers=[torch.randn(sum(lengths), 6, generator=g)], lengths=torch.tensor(lengths))
+    shapes = [(2, 4), (3, 3)]
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    roll = sde_rollout(dit, text, shapes, gens, steps=4, guidance=3.0, channels=8, noise_level=0.7, window=window)
+    assert len(roll["states"]) == window[1] - window[0] + 1
+    lens = torch.tensor([h * w for h, w in shapes])
+    for j, i in enumerate(range(*window)):
+        s, s_next = roll["sigmas"][i], roll["sigmas"][i + 1]
+        with torch.no_grad():
+            v = guided_velocity(dit, roll["states"][j], shapes, s, text, guidance_scale=3.0)
+            *_, logp = sde_step(roll["states"][j], v, s, s_next, lens, sigma_max=roll["sigmas"][1], noise_level=0.7,
+                                prev=roll["states"][j + 1])
+        torch.testing.assert_close(logp, roll["log_probs"][j], atol=1e-4, rtol=1e-5)
+
+
 def _mean_reward(ckpt_dir: Path, init: Path, n: int = 8) -> float:
     """Redness of CFG-free ODE rollouts of fixed seeds and prompts, from a checkpoint's trained DiT."""
     import _fakes
