@@ -39,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", default="verifier", help="reward plugin scoring the images (default verifier)")
     p.add_argument("--reward-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the reward plugin's Config (repeatable), e.g. score=strict")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the first target recipe's, else 20)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the first target recipe's, else 4.0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps for every target (default: each target's own — its recipe's sampling.steps or an "
+                        "export's recorded inference steps, else 20)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale for every target (default: each target's own, as --steps; else 4.0)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each prompt is generated once per seed (default 0)")
     p.add_argument("--num-prompts", type=int, default=None,
                    help="prompts of a built-in suite (default: validation 48, geneval_synth 96, ar_sweep 12); a file's first N")
@@ -128,9 +131,12 @@ def run(args: argparse.Namespace) -> int:
         more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise LensforgeError(f"reward '{args.reward}' cannot score suite '{suite.name}':\n  " + "\n  ".join(problems[:10]) + more)
     reward.preflight()
-    sampling = getattr(recipe, "sampling", None)
-    steps = args.steps or getattr(sampling, "steps", None) or 20
-    cfg = args.cfg if args.cfg is not None else getattr(sampling, "guidance_scale", 4.0)
+    def settings_of(t: Any) -> tuple[int, float]:
+        """Each model sampled as it is meant to be (its own defaults) unless --steps / --cfg say otherwise."""
+        steps, cfg = t.defaults()
+        return (args.steps or steps), (args.cfg if args.cfg is not None else cfg)
+
+    per_target = {t.label: settings_of(t) for t in targets}
     out = Path(args.out or f"runs/eval/{suite.name}")
     items = suite.items
     prompts = [str(it.row["prompt"]) for it in items]
@@ -150,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
                          "describe": reasoner.describe(), "rewrites": len(rewrites),
                          "failed": n_failed, "stats": reasoner.stats()}
         reasoner.close()
-    log.info("eval: suite %s, %d images per target, %d target(s), %d steps, CFG %g, reward %s -> %s",
-             suite.name, len(items), len(targets), steps, cfg, args.reward, out)
+    how = "; ".join(f"{label}: {st} steps, CFG {g:g}" for label, (st, g) in per_target.items())
+    log.info("eval: suite %s, %d images per target, %d target(s) (%s), reward %s -> %s",
+             suite.name, len(items), len(targets), how, args.reward, out)
 
     gen_targets = list(targets)
     if not args.no_baseline:
@@ -159,18 +166,23 @@ def run(args: argparse.Namespace) -> int:
     bar = None if args.no_progress else tqdm(total=len(items) * len(gen_targets), desc="eval images", unit="img")
     results: list[TargetResult] = []
     for t in gen_targets:
+        steps, cfg = per_target.get(t.label) or settings_of(targets[0])  # the untrained baseline: as the first target
         images = generate_images(t.dit, t.vae, t.text_encoder, items, prompts, steps=steps, guidance_scale=cfg,
                                  batch_size=args.batch_size, progress=bar.update if bar is not None else None)
         scored = score_images(reward, items, images, prompts)
         results.append(TargetResult(label=t.label, scored=scored, summary=summarize(suite, scored),
-                                    baseline=t.label == "untrained" and t is gen_targets[-1] and not args.no_baseline))
+                                    baseline=t.label == "untrained" and t is gen_targets[-1] and not args.no_baseline,
+                                    sampling=f"{steps} steps, CFG {cfg:g}"))
     if bar is not None:
         bar.close()
     if not args.no_baseline:
         for name, imgs in baseline_images(suite).items():
             scored = score_images(reward, items, imgs, prompts)
             results.append(TargetResult(label=name, scored=scored, summary=summarize(suite, scored), baseline=True))
+    distinct = set(per_target.values())
+    steps, cfg = distinct.pop() if len(distinct) == 1 else (None, None)  # one setting for all, else per target
     settings = {"targets": {t.label: str(t.source) for t in targets}, "steps": steps, "guidance_scale": cfg,
+                "sampling": {label: {"steps": st, "guidance_scale": g} for label, (st, g) in per_target.items()},
                 "seeds": seeds, "reward": args.reward, "reward_args": args.reward_arg, "ema": not args.no_ema,
                 "num_prompts": args.num_prompts, "prompt_seed": args.prompt_seed, "limit": args.limit}
     if reasoner_info is not None:

@@ -30,7 +30,7 @@ def summary_tables(suite: Suite, results: Sequence[TargetResult]) -> str:
     lines = [f"# Evaluation: suite `{suite.name}`", ""] + [f"- {n}" for n in suite.notes] + [""]
     rows = [("mean reward", [r.summary.get("reward") for r in results]),
             ("images scored / failed", None)]
-    t = head
+    t = head + "| sampling | " + " | ".join(r.sampling or "—" for r in results) + " |\n"
     for name, vals in rows:
         if vals is None:
             t += f"| {name} | " + " | ".join(f"{r.summary['scored']} / {r.summary['failed']}" for r in results) + " |\n"

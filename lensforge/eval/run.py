@@ -48,6 +48,8 @@ class TargetResult:
     scored: list[Scored] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
+    sampling: str = ""
+    """How the images were made (``20 steps, CFG 4``); empty for the image baselines."""
 
 
 def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:

@@ -31,6 +31,15 @@ class Target:
     """The checkpoint's optimizer step (None for folders)."""
     run_dir: Path | None = None
     """The training run's folder (its MLflow run receives the evaluation), when known."""
+    sampling: Any = None
+    """How the model samples by default: its recipe's ``sampling`` (a run, a checkpoint) or an exported folder's
+    recorded ``inference`` settings (a Turbo: 4 steps, CFG 1). None when nothing is recorded."""
+
+    def defaults(self) -> tuple[int, float]:
+        """``(steps, guidance_scale)`` this model samples with by default (20 and 4.0 when nothing is recorded)."""
+        steps = getattr(self.sampling, "steps", None) or 20
+        cfg = getattr(self.sampling, "guidance_scale", None)
+        return int(steps), float(4.0 if cfg is None else cfg)
 
 
 def _label(spec: str, path: Path) -> str:
@@ -61,7 +70,7 @@ def load_target(spec: str, *, ema: bool = True, device: str | None = None, dtype
     vae.to(dev)
     te.to(dev)
     return Target(label=_label(spec, src), source=src, dit=dit, vae=vae, text_encoder=te, recipe=recipe, step=step,
-                  run_dir=run_dir)
+                  run_dir=run_dir, sampling=getattr(recipe_cfg, "sampling", None))
 
 
 def load_targets(specs: list[str], **kw: Any) -> list[Target]:
@@ -89,7 +98,7 @@ def untrained_like(target: Target, seed: int = 0) -> Target:
     p = next(target.dit.parameters())
     dit.to(device=p.device, dtype=p.dtype).eval()
     return Target(label="untrained", source=target.source, dit=dit, vae=target.vae, text_encoder=target.text_encoder,
-                  recipe=target.recipe)
+                  recipe=target.recipe, sampling=target.sampling)
 
 
 __all__ = ["Target", "load_target", "load_targets", "untrained_like"]

@@ -216,9 +216,13 @@ def fit(stage_cls: type, recipe: Any) -> dict[str, Any]:
     summary["wall_seconds"] = run.elapsed()
     if trainer.is_global_zero:
         run.write_summary(summary)
-        log.info("done: step %d in %.0fs; checkpoint %s; verifier score %s; MLflow run %s (%s)",
-                 summary["global_step"], summary["wall_seconds"], summary["checkpoint"], summary.get("verifier_score"),
-                 summary["mlflow_run_id"], summary["tracking_uri"])
+        scored = ""  # the stage's last validation figure: pretraining's verifier score, RL's held-out reward …
+        for key in ("verifier_score", "held_out_reward"):
+            if isinstance(summary.get(key), (int, float)):
+                scored = f"; {key.replace('_', ' ')} {summary[key]:.3f}"
+                break
+        log.info("done: step %d in %.0fs; checkpoint %s%s; MLflow run %s (%s)", summary["global_step"],
+                 summary["wall_seconds"], summary["checkpoint"], scored, summary["mlflow_run_id"], summary["tracking_uri"])
     return summary
 
 

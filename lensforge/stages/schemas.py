@@ -136,7 +136,10 @@ class RLSchema(TrunkSchema):
         rollout_steps: PositiveInt = 10
         """Sampler steps of a rollout (the Lens scheduler's σ at each image's own size)."""
         rollout_guidance: NonNegativeFloat = 1.0
-        """CFG scale of the rollouts (DiffusionNFT: 1.0, CFG-free; Flow-GRPO: 4.5)."""
+        """CFG scale of the rollouts and of the policy the loss trains (DiffusionNFT: 1.0, CFG-free; Flow-GRPO: 4.5).
+        Above 1, both algorithms train the norm-rescaled CFG velocity (Flow-GRPO's ``train.cfg``): a model RL'd at
+        guidance g is meant to be sampled at g; CFG-free RL followed by CFG sampling amplifies every change to the
+        conditional branch by the guidance scale (measured in docs/rl.md)."""
         train_timesteps: PositiveInt = 2
         """NFT: noise levels per image per step, drawn from the rollout schedule's first ``timestep_fraction``."""
         timestep_fraction: Fraction = 0.99

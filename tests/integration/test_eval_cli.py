@@ -85,6 +85,18 @@ def test_prompt_set_file_and_exported_folder(runs, tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert len(res["images"]) == 3 and all(rec["items"] for rec in res["images"])
     assert (out / "mlflow.db").is_file(), "targets without a run of their own log to a new eval run"
+    # without --steps / --cfg each target samples as it is meant to: the run by its recipe's sampling (2 steps, the
+    # recipe's CFG), a folder by its recorded inference defaults (here as a Turbo export records them: 1 step, CFG 1)
+    record = json.loads((exported / "lensforge.json").read_text())
+    record["inference"] = {"steps": 1, "guidance_scale": 1.0, "variant": "turbo"}
+    (exported / "lensforge.json").write_text(json.dumps(record))
+    out = tmp_path / "own"
+    assert main(["eval", str(runs / "b"), str(exported), "--suite", str(prompts), "--out", str(out), "--size", "64x64",
+                 "--num-prompts", "2", "--no-baseline", "--no-images", "--no-mlflow", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["sampling"] == {"b": {"steps": 2, "guidance_scale": 4.0}, "exp": {"steps": 1, "guidance_scale": 1.0}}
+    assert settings["steps"] is None and "| sampling | 2 steps, CFG 4 | 1 step" in text.replace("1 steps", "1 step")
 
 
 def test_bad_input_exits_2_with_one_clear_message(runs, tmp_path, capsys):
