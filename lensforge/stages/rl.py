@@ -178,6 +178,12 @@ class RLStage(RLSchema, StageSystem):
             more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise LensforgeError(f"stage.reward '{sc.reward.name}' cannot score prompt set '{sc.prompts}':\n  "
                                  + "\n  ".join(problems[:10]) + more)
+        f = int(system.vae.downsample_factor)
+        bad = [f"{r.get('id')}: {r['height']}x{r['width']}" for r in rows
+               if r.get("height") and r.get("width") and (int(r["height"]) % f or int(r["width"]) % f)]
+        if bad:
+            raise LensforgeError(f"stage.prompts: {len(bad)} row(s) ask for a size that is not a multiple of the VAE's "
+                                 f"{f}-pixel token (rollouts use a row's own height/width): " + ", ".join(bad[:5]))
         system.reward.preflight()
         if run is not None and run.is_rank_zero:
             from lensforge.data.prompt_sets import write_prompt_set
@@ -227,12 +233,20 @@ class RLStage(RLSchema, StageSystem):
             out.append(self.train_rows[int(perm[pos])])
         return out
 
-    def sizes_for_step(self, step: int, count: int) -> list[tuple[int, int]]:
-        """Each rollout image's ``(H, W)``: the recipe's resolution policy, drawn from ``(seed, step, image)``."""
+    def sizes_for_step(self, step: int, rows: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+        """Each rollout image's ``(H, W)``: the row's own ``height``/``width`` when it states one (an aspect-ratio
+        prompt is rolled out at the size it asks for, as evaluation generates it), else the recipe's resolution
+        policy, drawn from ``(seed, step, image)``."""
         from lensforge.data.resolution import ResolutionPolicy
 
         policy = ResolutionPolicy(self.sections.data.resolution, int(self.vae.downsample_factor))
-        return [policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i])).size for i in range(count)]
+        out = []
+        for i, row in enumerate(rows):
+            if row.get("height") and row.get("width"):
+                out.append((int(row["height"]), int(row["width"])))
+            else:
+                out.append(policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i])).size)
+        return out
 
     def _decode(self, latents: Sequence[Tensor]) -> list[Tensor]:
         params = list(self.vae.parameters())
@@ -263,7 +277,7 @@ class RLStage(RLSchema, StageSystem):
         P, G = len(rows), c.group_size
         rep = [rows[i // G] for i in range(P * G)]
         groups = torch.tensor([i // G for i in range(P * G)])
-        sizes = self.sizes_for_step(step, P * G)
+        sizes = self.sizes_for_step(step, rep)
         f = int(self.vae.downsample_factor)
         shapes = [(h // f, w // f) for h, w in sizes]
         seeds = torch.randint(0, 2**62, (P * G,), generator=self.generator).tolist()

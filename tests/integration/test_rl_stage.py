@@ -113,6 +113,8 @@ def test_one_nft_update_with_a_red_preferring_reward_makes_red_more_likely(init_
     out = tmp_path / "red"
     assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={out}", "stage.reward.name=fake_redness",
                  "stage.group_size=4", "stage.prompts_per_step=4", "stage.val_prompts=0", "stage.kl_beta=0",
+                 # prompts without a size of their own: every rollout at the data section's sizes, as measured below
+                 "stage.prompt_categories=[single_object,color,shape]",
                  "trainer.max_steps=1", "optim.lr=0.003", "tracking.enabled=false"]) == 0
     before = _mean_reward(init_run, init_run)
     after = _mean_reward(out, init_run)
@@ -176,6 +178,29 @@ def test_bad_input_exits_2(init_run, tmp_path, capsys):
     assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b4'}", f"stage.prompts={plain}",
                  "stage.held_out_fraction=0", "stage.prompts_per_step=1"]) == 2
     assert "cannot score" in capsys.readouterr().err
+    odd = tmp_path / "odd.jsonl"
+    assert main(["data", "prompts", "synthetic:6", str(odd), "--categories", "aspect_ratio"]) == 0
+    rows = [json.loads(line) for line in odd.read_text().splitlines()]
+    rows[0]["height"] = 100
+    odd.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(["fit", RL_SMOKE, f"init_from={init_run}", f"output_dir={tmp_path / 'b5'}", f"stage.prompts={odd}",
+                 "stage.held_out_fraction=0"]) == 2
+    assert f"{rows[0]['id']}: 100x" in capsys.readouterr().err
+
+
+def test_rollout_sizes_follow_a_rows_own_size_else_the_resolution_policy():
+    from types import SimpleNamespace
+
+    from lensforge.recipe import load_recipe
+    from lensforge.stages.rl import RLStage
+
+    cfg = load_recipe(RL_SMOKE).config
+    me = SimpleNamespace(sections=SimpleNamespace(data=cfg.data), vae=SimpleNamespace(downsample_factor=16), seed=0)
+    rows = [{"height": 32, "width": 64}, {}, {"aspect_ratio": "2:1"}, {}]
+    sizes = RLStage.sizes_for_step(me, 5, rows)
+    assert sizes[0] == (32, 64)  # "a wide 2:1 photo of …" is rolled out at the size it asks for
+    assert sizes[1:] == [s for i, s in enumerate(RLStage.sizes_for_step(me, 5, [{}] * 4)) if i]  # the policy's draws
 
 
 def _rl_cmd(init: Path, out: Path) -> list[str]:
