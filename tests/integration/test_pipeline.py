@@ -27,6 +27,7 @@ SHORT = [
     "sampling.num_prompts=2", "sampling.every_n_steps=0", "stage.memo_features=0",
     "pretrain.sampling.steps=2", "rl.sampling.steps=2", "rl.stage.prompts=synthetic:40", "rl.stage.prompts_per_step=2",
     "rl.stage.group_size=2", "rl.stage.rollout_steps=3", "rl.stage.micro_batch=8", "rl.stage.val_prompts=2",
+    "rl.stage.train_timesteps=2",
     "distill.stage.critic_updates_per_student=1",
 ]
 
