@@ -75,7 +75,7 @@ class AtomicCheckpoint(Callback):
             self.dir.mkdir(parents=True, exist_ok=True)
             _remove(tmp)
         trainer.strategy.barrier("lensforge_ckpt_pre")
-        trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state
+        trainer.save_checkpoint(str(tmp))  # the full training state (Lightning saves more than weights by default)
         trainer.strategy.barrier("lensforge_ckpt_post")
         if trainer.is_global_zero:
             if final.exists():

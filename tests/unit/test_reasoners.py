@@ -238,8 +238,8 @@ def test_cli_args_build_nested_settings_and_rewrite_verb(capsys):
     from lensforge.cli import main
     from lensforge.reasoners.use import parse_params
 
-    assert parse_params(["endpoint.base_url=http://x/v1", "endpoint.model=m", "max_tokens=12", "world={sizes: [huge]}"]) == {
-        "endpoint": {"base_url": "http://x/v1", "model": "m"}, "max_tokens": 12, "world": {"sizes": ["huge"]}}
+    assert parse_params(["endpoint.base_url=http://127.0.0.1:9/v1", "endpoint.model=m", "max_tokens=12", "world={sizes: [huge]}"]) == {
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}, "max_tokens": 12, "world": {"sizes": ["huge"]}}
     with pytest.raises(LensforgeError, match="key=value"):
         parse_params(["oops"])
     assert main(["reasoner", "rewrite", "a photo of a blue circle.", "a unicorn", "--reasoner", "synthetic_world",
