@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from lensforge.cli import main
+
+from _procs import kill9_when
 
 REPO = Path(__file__).resolve().parents[2]
 LENS = str(REPO / "recipes" / "tiny" / "lens.yaml")
@@ -101,18 +101,7 @@ def test_pipeline_killed_during_rl_and_rerun_ends_with_the_weights_of_an_uninter
     subprocess.run(_cmd(ref), env=env, check=True, capture_output=True, timeout=1800)
     run = tmp_path / "crashed"
     first_rl = run / "rl" / "checkpoints" / "step-0000002.ckpt"
-    proc = subprocess.Popen(_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 1800
-        while not first_rl.exists():
-            assert proc.poll() is None, "the pipeline ended before RL's first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill9_when(_cmd(run), first_rl, env=env, timeout=1800)  # during RL: its first checkpoint is written
     assert not (run / "rl" / "summary.json").exists() and not (run / "distill").exists(), "killed during RL"
     res = subprocess.run(_cmd(run), env=env, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]

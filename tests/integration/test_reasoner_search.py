@@ -16,10 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,8 @@ import pytest
 from lensforge.cli import main
 from lensforge.reasoners.search import PROPOSER_SYSTEM
 from lensforge.testing.chat_server import ChatServer
+
+from _procs import kill9_when
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "recipes" / "tiny" / "smoke.yaml"
@@ -211,20 +210,9 @@ def test_resume_after_kill_9_gives_the_same_search(setup, tmp_path):
     recipe = _recipe(root, prompts, server, "killed", rounds=1, max_images=0, max_llm_calls=0)
     hist = root / "killed" / "search" / "history.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lensforge.cli", "reasoner", "search", str(recipe), "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if hist.is_file() and sum('"event": "candidate"' in ln for ln in hist.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the search ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill9_when([sys.executable, "-m", "lensforge.cli", "reasoner", "search", str(recipe), "--no-progress"],
+               lambda: hist.is_file() and sum('"event": "candidate"' in ln for ln in hist.read_text().splitlines()) >= 2,
+               env=env, timeout=240, cwd=str(REPO))
     before = _history(root / "killed")
     assert sum(e["event"] == "candidate" for e in before) == 2 and not any(e["event"] == "end" for e in before)
     assert main(["reasoner", "search", str(recipe), "--no-progress"]) == 0

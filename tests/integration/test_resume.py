@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from _procs import kill9_when
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "recipes" / "tiny" / "smoke.yaml")
@@ -39,19 +40,7 @@ def test_kill9_then_rerun_resumes_exactly(tmp_path):
 
     run = tmp_path / "crashed"
     first_ckpt = run / "checkpoints" / "step-0000002.ckpt"
-    proc = subprocess.Popen(_cmd(run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 600
-        while not first_ckpt.exists():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint within the time limit"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill9_when(_cmd(run), first_ckpt, env=_env(), timeout=600) == -signal.SIGKILL
     assert not (run / "checkpoints" / f"step-{STEPS:07d}.ckpt").exists(), "killed before the end"
     run_id = (run / "mlflow_run_id").read_text().strip()
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from lensforge.cli import main
+
+from _procs import kill9_when
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "recipes" / "tiny" / "smoke.yaml")
@@ -214,18 +214,7 @@ def test_kill9_mid_rl_then_rerun_equals_an_uninterrupted_run(init_run, tmp_path)
     subprocess.run(_rl_cmd(init_run, ref), env=env, check=True, capture_output=True, timeout=900)
     run = tmp_path / "crashed"
     first = run / "checkpoints" / "step-0000002.ckpt"
-    proc = subprocess.Popen(_rl_cmd(init_run, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 900
-        while not first.exists():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill9_when(_rl_cmd(init_run, run), first, env=env, timeout=900)
     assert not (run / "checkpoints" / "step-0000004.ckpt").exists(), "killed before the end"
     res = subprocess.run(_rl_cmd(init_run, run), env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
