@@ -458,40 +458,28 @@ def plot_curves(ab: Ablation, curves: dict[str, dict[int, dict[int, float]]], pa
 
 def make_grid(ab: Ablation, images: list[dict[str, Any]], path: Path, n: int = 8) -> bool:
     """One row per arm: its first ``n`` images of the suite (same prompts and sampler seeds in each column)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    rows = []
-    if images and images[0].get("size") and any(im["size"] != images[0]["size"] for im in images):
+    from lensforge.sampling.sampler import labelled_grid
+
+    mixed = bool(images and images[0].get("size") and any(im["size"] != images[0]["size"] for im in images))
+    if mixed:
         first = images[0]["id"]  # ar_sweep: the first prompt at every size, narrow to wide
         images = sorted((im for im in images if im["id"] == first), key=lambda im: (im["size"][1] / im["size"][0],
                                                                                      im["size"][0] * im["size"][1]))
         n = 12
+    rows = []
     for arm in ab.arms:
-        ims = [im for im in images if im["arm"] == arm][:n]
-        if ims:
-            rows.append((arm, ims))
+        files = [Path(im["folder"]) / im["file"] for im in images if im["arm"] == arm][:n]
+        tiles = [Image.open(p).convert("RGB") for p in files if p.is_file()]
+        if tiles:
+            rows.append((arm, tiles))
     if not rows:
         return False
-    cell = 100
-    biggest = max(max(im["size"]) for _, ims in rows for im in ims)
-    label_w = 90
-    cols = max(len(r[1]) for r in rows)
-    grid = Image.new("RGB", (label_w + cols * cell, len(rows) * cell), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (arm, ims) in enumerate(rows):
-        draw.text((4, r * cell + cell // 2 - 6), arm, fill="black")
-        for c, im in enumerate(ims):
-            p = Path(im["folder"]) / im["file"]
-            if p.is_file():
-                tile = Image.open(p).convert("RGB")
-                k = (cell - 4) / max(tile.size)  # same scale for every size of a row: sizes stay comparable
-                k = k if not any(im["size"] != ims[0]["size"] for im in ims) else (cell - 4) / biggest
-                tile = tile.resize((max(1, round(tile.width * k)), max(1, round(tile.height * k))), Image.NEAREST)
-                grid.paste(tile, (label_w + c * cell + 2, r * cell + 2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    # one scale for every size (sizes stay comparable) when the suite mixes sizes
+    labelled_grid(rows, cell=96, label_w=90, pad=4, common_scale=mixed).save(path)
     return True
-
 
 SUITE_TITLES = {
     "dense": "dense prompts (validation)", "short": "short prompts", "short_reasoner": "short prompts + synthetic_world reasoner",

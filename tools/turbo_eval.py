@@ -94,25 +94,16 @@ def main() -> int:
 
 def _grids(out: Path, keys: list[str], labels: list[str], n: int = 8) -> None:
     """One row per setting: its first ``n`` images (same prompts and seeds), labelled."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    rows = []
-    for key in keys:
-        files = sorted((out / key / "images").rglob("*.png"))[:n]
-        rows.append([Image.open(f).convert("RGB") for f in files])
-    if not rows or not rows[0]:
+    from lensforge.sampling.sampler import labelled_grid
+
+    rows = [(label.replace("—", "-")[:52], [Image.open(f).convert("RGB") for f in sorted((out / key / "images").rglob("*.png"))[:n]])
+            for key, label in zip(keys, labels)]
+    if not rows or not rows[0][1]:
         return
-    cell = max(max(im.width, im.height) for r in rows for im in r)
-    label_w = 330
-    grid = Image.new("RGB", (label_w + n * (cell + 2), len(rows) * (cell + 2)), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for i, (label, ims) in enumerate(zip(labels, rows)):
-        y = i * (cell + 2)
-        draw.text((4, y + cell // 2 - 6), label.replace("—", "-")[:52], fill=(0, 0, 0))
-        for j, im in enumerate(ims):
-            grid.paste(im, (label_w + j * (cell + 2) + (cell - im.width) // 2, y + (cell - im.height) // 2))
+    grid = labelled_grid(rows, label_w=330)
     grid.quantize(colors=128).save(out / "grids.png", optimize=True)  # small enough to commit with the docs
-
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))

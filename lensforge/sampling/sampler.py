@@ -354,6 +354,36 @@ def make_grid(images: Sequence[Tensor], *, cols: int | None = None, pad: int = 2
     return grid
 
 
+def labelled_grid(rows: Sequence[tuple[str, Sequence[Any]]], *, cell: int | None = None, label_w: int = 120,
+                  pad: int = 2, common_scale: bool = False):
+    """Rows of PIL images, each labelled at its left: the side-by-side figures of the docs (one row per model,
+    setting or ablation arm, the same prompts and seeds in each column).
+
+    ``cell=None``: every cell is the largest image and images are pasted unscaled; else each image is scaled
+    (nearest) to fit ``cell`` — all by the largest image of the grid with ``common_scale``, so different sizes
+    stay comparable. Images are centred in their cells. Returns a PIL image.
+    """
+    from PIL import Image, ImageDraw
+
+    ims = [im for _, row in rows for im in row]
+    if not ims:
+        raise LensforgeError("labelled_grid: no images")
+    biggest = max(max(im.size) for im in ims)
+    cell = cell or biggest
+    cols = max(len(row) for _, row in rows)
+    grid = Image.new("RGB", (label_w + cols * (cell + pad), len(rows) * (cell + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, (label, row) in enumerate(rows):
+        y = r * (cell + pad)
+        draw.text((4, y + cell // 2 - 6), label, fill=(0, 0, 0))
+        for c, im in enumerate(row):
+            if cell != biggest or max(im.size) > cell:
+                k = cell / (biggest if common_scale else max(im.size))
+                im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.NEAREST)
+            grid.paste(im, (label_w + c * (cell + pad) + (cell - im.width) // 2, y + (cell - im.height) // 2))
+    return grid
+
+
 def save_images(images: Sequence[Tensor], out_dir: str | os.PathLike, names: Sequence[str]) -> list[Path]:
     """Write each image as ``<out_dir>/<name>.png`` (atomically); return the paths."""
     if len(images) != len(names):
@@ -371,6 +401,6 @@ def save_images(images: Sequence[Tensor], out_dir: str | os.PathLike, names: Seq
 
 
 __all__ = [
-    "cfg_rescale", "empty_text_like", "euler_step", "generate", "guided_velocity", "make_grid", "model_timesteps",
+    "cfg_rescale", "empty_text_like", "euler_step", "generate", "guided_velocity", "labelled_grid", "make_grid", "model_timesteps",
     "sample_latents", "save_images", "sde_std", "sde_step", "to_pil",
 ]

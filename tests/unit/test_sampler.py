@@ -216,3 +216,23 @@ def test_diffusers_exact_schedule_matches_the_scheduler():
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=compute_empirical_mu(L, steps))
         assert torch.equal(lens_sigmas(steps, L, as_diffusers=True), sched.sigmas)
         torch.testing.assert_close(lens_sigmas(steps, L), sched.sigmas, atol=1e-7, rtol=0)
+
+
+def test_labelled_grid_rows_unscaled_or_fitted_to_a_cell():
+    from PIL import Image
+
+    from lensforge.errors import LensforgeError
+    from lensforge.sampling.sampler import labelled_grid
+
+    a, b = Image.new("RGB", (32, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))
+    g = labelled_grid([("first", [a, b]), ("second", [b])], label_w=50, pad=2)
+    assert g.size == (50 + 2 * 34, 2 * 34)  # cells of the largest image, unscaled
+    assert g.getpixel((50 + 16, 16)) == (255, 0, 0) and g.getpixel((50 + 34 + 16, 34 + 0)) == (255, 255, 255)
+    assert g.getpixel((50 + 16, 34 + 16)) == (0, 0, 255)
+    fitted = labelled_grid([("r", [a, b])], cell=64, label_w=10, pad=0, common_scale=True)
+    assert fitted.size == (10 + 128, 64)
+    # one scale for both: the 32-wide image fills the cell's width, the 16-wide one half of it
+    assert fitted.getpixel((10 + 1, 32)) == (255, 0, 0) and fitted.getpixel((10 + 64 + 16, 32)) == (0, 0, 255)
+    assert fitted.getpixel((10 + 64 + 4, 32)) == (255, 255, 255)
+    with pytest.raises(LensforgeError):
+        labelled_grid([("empty", [])])
