@@ -148,6 +148,14 @@ class PromptRow:
         return None
 
 
+def row_size(row: dict[str, Any]) -> tuple[int, int] | None:
+    """A row's own ``(height, width)`` in pixels when it states both (evaluation generates it at that size and RL
+    rolls it out at it), else None (the caller's default size)."""
+    if row.get("height") and row.get("width"):
+        return int(row["height"]), int(row["width"])
+    return None
+
+
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(known)})"
@@ -407,5 +415,5 @@ def write_prompt_set(path: str | os.PathLike, rows: Iterable[PromptRow | dict[st
 
 
 __all__ = ["GLOBAL_STRUCTURAL_ITEM", "ITEM_KEYS", "PromptRow", "PromptSet", "PromptSetError", "ROW_KEYS",
-           "RubricItem", "held_out_score", "load_prompt_set", "row_from_dict", "row_problems",
+           "RubricItem", "held_out_score", "load_prompt_set", "row_from_dict", "row_problems", "row_size",
            "write_prompt_set"]

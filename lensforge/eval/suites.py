@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lensforge.data.prompt_sets import row_size
 from lensforge.errors import LensforgeError
 
 log = logging.getLogger("lensforge.eval")
@@ -110,8 +111,7 @@ def expand(rows: list[dict[str, Any]], seeds: list[int], size: tuple[int, int]) 
     items = []
     for s in seeds:
         for i, r in enumerate(rows):
-            sz = (int(r["height"]), int(r["width"])) if r.get("height") and r.get("width") else size
-            items.append(EvalItem(row=r, size=sz, seed=int(s) + i))
+            items.append(EvalItem(row=r, size=row_size(r) or size, seed=int(s) + i))
     return items
 
 

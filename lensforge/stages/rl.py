@@ -41,6 +41,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lensforge.data.prompt_sets import row_size
 from lensforge.errors import LensforgeError
 from lensforge.interfaces import TextFeatures
 from lensforge.sampling.sampler import euler_step, guided_velocity, sample_latents, sde_step
@@ -179,8 +180,8 @@ class RLStage(RLSchema, StageSystem):
             raise LensforgeError(f"stage.reward '{sc.reward.name}' cannot score prompt set '{sc.prompts}':\n  "
                                  + "\n  ".join(problems[:10]) + more)
         f = int(system.vae.downsample_factor)
-        bad = [f"{r.get('id')}: {r['height']}x{r['width']}" for r in rows
-               if r.get("height") and r.get("width") and (int(r["height"]) % f or int(r["width"]) % f)]
+        sized = [(r.get("id"), row_size(r)) for r in rows]
+        bad = [f"{rid}: {hw[0]}x{hw[1]}" for rid, hw in sized if hw and (hw[0] % f or hw[1] % f)]
         if bad:
             raise LensforgeError(f"stage.prompts: {len(bad)} row(s) ask for a size that is not a multiple of the VAE's "
                                  f"{f}-pixel token (rollouts use a row's own height/width): " + ", ".join(bad[:5]))
@@ -240,13 +241,8 @@ class RLStage(RLSchema, StageSystem):
         from lensforge.data.resolution import ResolutionPolicy
 
         policy = ResolutionPolicy(self.sections.data.resolution, int(self.vae.downsample_factor))
-        out = []
-        for i, row in enumerate(rows):
-            if row.get("height") and row.get("width"):
-                out.append((int(row["height"]), int(row["width"])))
-            else:
-                out.append(policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i])).size)
-        return out
+        return [row_size(row) or policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i])).size
+                for i, row in enumerate(rows)]
 
     def _decode(self, latents: Sequence[Tensor]) -> list[Tensor]:
         params = list(self.vae.parameters())
