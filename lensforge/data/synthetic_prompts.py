@@ -41,11 +41,9 @@ every check passes); :func:`geneval_summary` the per-tag means and their mean (G
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -596,11 +594,11 @@ def geneval_summary(rows: Sequence[dict[str, Any]], correct: Sequence[bool]) -> 
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str) -> Counter[str]:
-    """Write rows as JSONL (atomically); returns the per-category counts."""
-    from lensforge.fileio import atomic_write_text
+    """Write rows as a prompt set (checked, atomically, folders made; :func:`write_prompt_set`); returns the
+    per-category counts."""
+    from lensforge.data.prompt_sets import write_prompt_set
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # `lensforge data prompts … runs/new/p.jsonl` makes runs/new
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_prompt_set(path, rows)
     return Counter(str(r["category"]) for r in rows)
 
 
