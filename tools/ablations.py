@@ -5,6 +5,7 @@
     python tools/ablations.py captions --seeds 0,1,2       # one ablation (captions | resolutions | encoder)
     python tools/ablations.py all --dry-run                # print the commands, run nothing
     python tools/ablations.py all --smoke                  # 8 steps an arm, 4 prompts: the plumbing, in a temp folder
+    python tools/ablations.py all --jobs 1                 # one command at a time (default: min(cores, 4))
 
 Each arm is a recipe under ``recipes/ablations/`` (one change against ``baseline.yaml``, which is the
 shared arm of all three ablations and is trained once per seed). For every arm and seed the tool runs
@@ -20,11 +21,15 @@ and sampler seeds:
 * ``ar_sweep`` (resolutions): held-out prompts at Lens's nine aspect ratios x 0.5-2x the 64-px base,
   cells split into sizes some arm trained on and sizes no arm trained on.
 
+Every command runs with ``OMP_NUM_THREADS=1`` (unless set), so ``--jobs N`` runs N of them side by side,
+one core each; the numbers do not depend on N (same threads, same seeds), only the wall time does.
 An eval whose ``results.json`` already lists the same targets is skipped too, so re-running the same
 command after an interruption continues where it stopped. The doc (``docs/ablations.md``, figures in
 ``docs/img/ablations/``) holds per ablation: the table (mean over training seeds, the seed spread
 max-min, each seed's value), the learning curves (PNG), a grid of samples, and a plain verdict on
 Lens's claim: the difference between the claimed-better arm and the others against the seed spread.
+Under each verdict a ``<!-- reading:NAME -->`` block holds what a person wrote about the result; the
+tool carries it over when it rewrites the doc.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "ablations"
@@ -106,6 +112,7 @@ class Settings:
     eval_steps: int | None
     dry_run: bool
     smoke: bool
+    jobs: int = 1
     commands: list[str] = field(default_factory=list)
 
 
@@ -118,11 +125,36 @@ def lensforge_cmd(*args: str) -> list[str]:
 
 
 def shown(args: list[str]) -> str:
-    return "lensforge " + " ".join(shlex.quote(a) for a in args)
+    """The command as a person would type it in the repo root: paths under it relative, and a run of a
+    folder's checkpoints as the shell glob ``…/checkpoints/step-*.ckpt`` (they sort in step order)."""
+    words: list[str] = []
+    run_of: str | None = None
+    for a in args:
+        if a.startswith(str(REPO) + os.sep):
+            a = os.path.relpath(a, REPO)
+        p = Path(a)
+        if p.suffix == ".ckpt" and p.parent.name == "checkpoints" and p.name.startswith("step-"):
+            if run_of == str(p.parent):
+                continue
+            run_of = str(p.parent)
+            words.append(shlex.quote(run_of) + "/step-*.ckpt")
+            continue
+        run_of = None
+        words.append(shlex.quote(a))
+    return "lensforge " + " ".join(words)
+
+
+def record(args: list[str], st: Settings) -> None:
+    """Note a command for the doc's Commands section (in plan order, whether it runs or is skipped)."""
+    st.commands.append(shown(args))
 
 
 def run(args: list[str], st: Settings, log: Path | None = None) -> None:
-    st.commands.append(shown(args))
+    record(args, st)
+    execute(args, st, log)
+
+
+def execute(args: list[str], st: Settings, log: Path | None = None) -> None:
     print(("[dry-run] " if st.dry_run else "$ ") + shown(args), flush=True)
     if st.dry_run:
         return
@@ -135,9 +167,28 @@ def run(args: list[str], st: Settings, log: Path | None = None) -> None:
             rc = subprocess.call(lensforge_cmd(*args), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     else:
         rc = subprocess.call(lensforge_cmd(*args), cwd=REPO, env=env)
-    print(f"  ({time.time() - t0:.0f} s, exit {rc})", flush=True)
+    print(f"  ({time.time() - t0:.0f} s, exit {rc}) {args[0]} " + (log.stem if log is not None else ""), flush=True)
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {shown(args)}" + (f"; log: {log}" if log else ""))
+
+
+def in_parallel(tasks: list[Any], jobs: int) -> None:
+    """Run the thunks ``tasks`` (each starts one subprocess), ``jobs`` at a time, in order of the list.
+
+    The first failure stops the queue: commands not yet started are dropped, running ones finish (each
+    is resumable), then the failure is raised.
+    """
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            t()
+        return
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(t) for t in tasks]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise failed[0].exception()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,13 +221,14 @@ def finished(stem: str, seed: int, st: Settings) -> bool:
     return int(json.loads(summary.read_text()).get("global_step", -1)) >= int(cfg.trainer.max_steps)
 
 
-def train(stem: str, seed: int, st: Settings) -> None:
+def train(stem: str, seed: int, st: Settings) -> Callable[[], None] | None:
+    """Plan one arm's fit: record it, and return the thunk that runs it (None: the run is finished)."""
+    args = ["fit", str(recipe_path(stem).relative_to(REPO)), *fit_overrides(stem, seed, st)]
+    record(args, st)
     if finished(stem, seed, st):
         print(f"= {stem} seed {seed}: finished run at {run_dir(stem, seed, st)}, skipped", flush=True)
-        st.commands.append(shown(["fit", str(recipe_path(stem).relative_to(REPO)), *fit_overrides(stem, seed, st)]))
-        return
-    run(["fit", str(recipe_path(stem).relative_to(REPO)), *fit_overrides(stem, seed, st)], st,
-        log=st.out / "logs" / f"fit_{stem}_s{seed}.log")
+        return None
+    return lambda: execute(args, st, log=st.out / "logs" / f"fit_{stem}_s{seed}.log")
 
 
 def checkpoints(stem: str, seed: int, st: Settings) -> list[Path]:
@@ -205,7 +257,7 @@ def world_args(cfg: Any) -> list[str]:
 
 def short_prompt_file(st: Settings) -> Path:
     path = st.out / "prompts" / f"short_{st.short_prompts}.jsonl"
-    if not path.exists() and not (st.dry_run and any(str(path) in c for c in st.commands)):
+    if not path.exists() and not (st.dry_run and any(shown([str(path)]).split()[-1] in c for c in st.commands)):
         cfg = load("baseline", st.overrides)
         if not st.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +284,8 @@ def eval_targets(ab: Ablation | list[Ablation], seed: int, suite: str, st: Setti
     return [str(run_dir(s, seed, st)) for s in ab.arms.values()]
 
 
-def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Path:
+def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Callable[[], None] | None:
+    """Plan one eval: record it, and return the thunk that runs it (None: its results are up to date)."""
     ab = abls[0]
     out = suite_dir(ab, suite, seed, st)
     targets = eval_targets(abls, seed, suite, st)
@@ -249,6 +302,7 @@ def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Path:
         args += ["--suite", "ar_sweep", "--num-prompts", str(st.sweep_prompts), "--no-baseline"]
     else:
         raise SystemExit(f"unknown suite {suite}")
+    record(args, st)
     res = out / "results.json"
     if res.is_file() and not st.dry_run:
         have = [str(Path(h).resolve()) for h in json.loads(res.read_text())["settings"]["targets"].values()]
@@ -261,10 +315,8 @@ def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Path:
 
         if targets and all(done(t) for t in targets):
             print(f"= eval {ab.name if suite != 'dense' else 'dense'}/{suite} seed {seed}: done at {out}, skipped", flush=True)
-            st.commands.append(shown(args))
-            return out
-    run(args, st, log=st.out / "logs" / f"eval_{'dense' if suite == 'dense' else ab.name + '_' + suite}_s{seed}.log")
-    return out
+            return None
+    return lambda: execute(args, st, log=st.out / "logs" / f"eval_{'dense' if suite == 'dense' else ab.name + '_' + suite}_s{seed}.log")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +360,9 @@ def collect(ab: Ablation, st: Settings) -> dict[str, Any]:
                 if who is None:
                     continue
                 arm, step = who
-                if step is not None:
+                # only the dense suite scores every checkpoint; the other suites name a run folder, which eval
+                # reports as its newest checkpoint: that must not land on the dense curve
+                if step is not None and suite == "dense":
                     curves.setdefault(arm, {}).setdefault(seed, {})[step] = float(summ["reward"])
                     if step >= final.get(arm, (-1, None))[0]:
                         final[arm] = (step, target, summ)
@@ -412,14 +466,16 @@ def verdict(ab: Ablation, table: dict[str, dict[str, dict[int, float]]], suite: 
             strength = f"{k:.1f}x the seed spread ({spread:.3f})"
             agree.append(diff > 0)
         parts.append(f"`{best}` − `{arm}` = {diff:+.3f} ({strength})")
-    if all(a is True for a in agree):
-        head = "**Agrees with Lens's claim**"
-    elif all(a is False for a in agree):
-        head = "**Disagrees with Lens's claim**"
-    elif all(a is None for a in agree):
-        head = "**Inconclusive** (no difference beyond the seed spread)"
+    ups, downs = any(a is True for a in agree), any(a is False for a in agree)
+    if ups and downs:
+        head = "**Mixed**: the claimed-better arm wins against some arms and loses against others"
+    elif ups:
+        head = "**Agrees with Lens's claim**" if all(a is True for a in agree) else "**Partly agrees with Lens's claim**"
+    elif downs:
+        head = "**Disagrees with Lens's claim**" if all(a is False for a in agree) else \
+            "**Partly disagrees with Lens's claim**"
     else:
-        head = "**Partly agrees with Lens's claim**"
+        head = "**Inconclusive** (no difference beyond the seed spread)"
     return f"{head} on `{suite}`: " + "; ".join(parts) + "."
 
 
@@ -496,8 +552,24 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def kept_readings(doc: Path) -> dict[str, list[str]]:
+    """The hand-written ``<!-- reading:NAME … -->`` … ``<!-- /reading -->`` blocks of an existing doc, by ablation."""
+    out: dict[str, list[str]] = {}
+    name = None
+    for line in doc.read_text().splitlines() if doc.is_file() else []:
+        if line.startswith("<!-- reading:"):
+            name = line[len("<!-- reading:"):].split()[0].rstrip("->")
+            out[name] = []
+        elif line.startswith("<!-- /reading"):
+            name = None
+        elif name is not None:
+            out[name].append(line)
+    return out
+
+
 def write_doc(names: list[str], st: Settings) -> Path:
     rel = os.path.relpath(st.img, st.doc.parent)
+    readings = kept_readings(st.doc)
     base_cfg = load("baseline", st.overrides)
     lines = [
         "# Lens's findings at toy scale: ablations",
@@ -516,6 +588,9 @@ def write_doc(names: list[str], st: Settings) -> Path:
         "seeds (`seed=`; the world and its images are the same for every seed). Table cells: **mean** ± half the "
         "max-min spread (each seed's value).",
         "",
+        "<!-- reading:overview (hand-written, kept when the tool rewrites this doc) -->",
+        *readings.get("overview", []), "<!-- /reading -->",
+        "",
     ]
     for name in names:
         ab = ABLATIONS[name]
@@ -525,6 +600,8 @@ def write_doc(names: list[str], st: Settings) -> Path:
         suites = [s for s in ab.suites if s in c["table"]] + [s for s in ("ar_sweep_unseen", "ar_sweep_mixed_sizes",
                                                                           "dense_curve") if s in c["table"]]
         lines += [f"**Verdict** ({SUITE_TITLES.get(ab.headline, ab.headline)}): {verdict(ab, c['table'])}", ""]
+        lines += [f"<!-- reading:{name} (hand-written, kept when the tool rewrites this doc) -->",
+                  *readings.get(name, []), "<!-- /reading -->", ""]
         others = [s for s in suites if s != ab.headline and s != "ar_sweep"]
         if others:
             lines += ["On the other measures:", ""] + [f"- {SUITE_TITLES.get(s, s)}: {verdict(ab, c['table'], s)}"
@@ -589,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-prompts", type=int, default=56)
     p.add_argument("--sweep-prompts", type=int, default=8)
     p.add_argument("--no-doc", action="store_true", help="train and evaluate only")
+    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4),
+                   help="commands side by side, one core each (default: min(cores, 4)); figures do not depend on it")
     p.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)
     names = list(ABLATIONS) if args.name == "all" else [args.name]
@@ -597,28 +676,32 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     overrides = list(args.overrides) + [e for e in extra if "=" in e and not e.startswith("-")]
     if args.smoke:
-        work = Path(args.work or tempfile.mkdtemp(prefix="ablations_smoke_"))
+        work = Path(args.work or tempfile.mkdtemp(prefix="ablations_smoke_")).resolve()
         overrides = ["trainer.max_steps=8", "checkpoint.every_n_steps=4", "sampling.num_prompts=2",
                      "sampling.steps=2", "optim.warmup_steps=2", *overrides]
-        st = Settings(seeds, work / "runs", work, Path(args.doc or work / "ablations.md"), work / "img", overrides,
+        st = Settings(seeds, work / "runs", work, Path(args.doc or work / "ablations.md").resolve(), work / "img", overrides,
                       4, 7, 1, 4, args.dry_run, True)
     else:
-        work = Path(args.work) if args.work else REPO / "runs" / "ablations"
-        doc = Path(args.doc) if args.doc else REPO / "docs" / "ablations.md"
+        work = Path(args.work).resolve() if args.work else REPO / "runs" / "ablations"
+        doc = Path(args.doc).resolve() if args.doc else REPO / "docs" / "ablations.md"
         st = Settings(seeds, work, work, doc, doc.parent / "img" / "ablations", overrides, args.dense_prompts,
                       args.short_prompts, args.sweep_prompts, None, args.dry_run, False)
     print(f"ablations {names}, seeds {seeds}, work folder {st.out}" + (" (smoke)" if st.smoke else ""), flush=True)
     t0 = time.time()
+    st.jobs = max(1, int(args.jobs))
     stems = list(dict.fromkeys(stem for n in names for stem in ABLATIONS[n].arms.values()))
+    jobs = 1 if st.dry_run else st.jobs
+    # plan in a fixed order (the doc's Commands), run side by side
+    fits = [train(stem, seed, st) for seed in seeds for stem in stems]
+    in_parallel([t for t in fits if t is not None], jobs)
+    if any(s in ("short", "short_reasoner") for n in names for s in ABLATIONS[n].suites):
+        short_prompt_file(st)  # once, before the evals that share it
+    evals = []
     for seed in seeds:
-        for stem in stems:
-            train(stem, seed, st)
-    for seed in seeds:
-        evaluate([ABLATIONS[n] for n in names], seed, "dense", st)
-        for n in names:
-            for suite in ABLATIONS[n].suites:
-                if suite != "dense":
-                    evaluate([ABLATIONS[n]], seed, suite, st)
+        evals.append(evaluate([ABLATIONS[n] for n in names], seed, "dense", st))
+        evals += [evaluate([ABLATIONS[n]], seed, suite, st) for n in names for suite in ABLATIONS[n].suites
+                  if suite != "dense"]
+    in_parallel([t for t in evals if t is not None], jobs)
     if not st.dry_run and not args.no_doc:
         doc = write_doc(names, st)
         print(f"wrote {doc} ({time.time() - t0:.0f} s)")

@@ -106,3 +106,86 @@ def test_verdict_compares_the_difference_with_the_seed_spread():
     assert tool.verdict(ab, noisy).startswith("**Inconclusive")
     worse = {"dense": {"dense": {0: 0.30, 1: 0.31}, "short": {0: 0.60, 1: 0.61}, "mix": {0: 0.50, 1: 0.52}}}
     assert tool.verdict(ab, worse).startswith("**Disagrees")
+    one_worse = {"dense": {"dense": {0: 0.30, 1: 0.31}, "short": {0: 0.60, 1: 0.61}, "mix": {0: 0.30, 1: 0.32}}}
+    assert tool.verdict(ab, one_worse).startswith("**Partly disagrees")
+    one_better = {"dense": {"dense": {0: 0.60, 1: 0.61}, "short": {0: 0.30, 1: 0.31}, "mix": {0: 0.60, 1: 0.62}}}
+    assert tool.verdict(ab, one_better).startswith("**Partly agrees")
+    both = {"dense": {"dense": {0: 0.50, 1: 0.51}, "short": {0: 0.30, 1: 0.31}, "mix": {0: 0.70, 1: 0.71}}}
+    assert tool.verdict(ab, both).startswith("**Mixed")
+
+
+def test_in_parallel_runs_jobs_side_by_side_and_stops_the_queue_on_a_failure():
+    import threading
+    import time
+
+    tool = _tool()
+    lock, running, peak, ran = threading.Lock(), [0], [0], []
+
+    def task(i, fail=False):
+        def go():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+                ran.append(i)
+            if fail:
+                raise SystemExit(f"failed ({i})")
+        return go
+
+    tool.in_parallel([task(i) for i in range(6)], 2)
+    assert sorted(ran) == list(range(6)) and peak[0] == 2
+    ran.clear()
+    peak[0] = 0
+    with pytest.raises(SystemExit, match="failed"):
+        tool.in_parallel([task(0, fail=True)] + [task(i) for i in range(1, 8)], 2)
+    assert len(ran) < 8  # the queue behind the failure was dropped
+    ran.clear()
+    tool.in_parallel([task(i) for i in range(3)], 1)
+    assert ran == [0, 1, 2]
+
+
+def test_rewriting_the_doc_keeps_the_hand_written_readings(tmp_path):
+    tool = _tool()
+    st = tool.Settings([0, 1], tmp_path, tmp_path, tmp_path / "ablations.md", tmp_path / "img", [], 4, 7, 1, 4,
+                       False, True)
+    doc = tool.write_doc(list(tool.ABLATIONS), st)
+    text = doc.read_text()
+    assert text.count("<!-- /reading -->") == len(tool.ABLATIONS) + 1 and "Not measured yet." in text
+    mine = "The short arm wins here; the world's short captions already name every object."
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("<!-- reading:captions"))
+    doc.write_text("\n".join(lines[: at + 1] + [mine] + lines[at + 1:]))
+    assert tool.kept_readings(doc)["captions"] == [mine]
+    again = tool.write_doc(list(tool.ABLATIONS), st).read_text()
+    assert again.count(mine) == 1 and tool.kept_readings(doc) == {"overview": [], "captions": [mine], "resolutions": [], "encoder": []}
+
+
+def test_collect_keeps_other_suites_off_the_dense_learning_curve(tmp_path):
+    """A short-prompt eval names run folders, which eval reports as their newest checkpoint: its score
+    must fill the short column only, not the dense curve's last point (it once did)."""
+    import json
+
+    tool = _tool()
+    ab = tool.ABLATIONS["captions"]
+    st = tool.Settings([0], tmp_path, tmp_path, tmp_path / "a.md", tmp_path / "img", [], 4, 7, 1, 4, False, True)
+
+    def write(suite, rows):
+        folder = tool.suite_dir(ab, suite, 0, st)
+        folder.mkdir(parents=True)
+        targets = {label: str(path) for label, path, _ in rows}
+        summary = {label: {"reward": r, "attributes": {}} for label, _, r in rows}
+        (folder / "results.json").write_text(json.dumps({"settings": {"targets": targets}, "summary": summary,
+                                                         "images": []}))
+
+    ck = lambda stem, step: tmp_path / f"{stem}_s0" / "checkpoints" / f"step-{step:07d}.ckpt"  # noqa: E731
+    write("dense", [(f"{stem}@{s}", ck(stem, s), v) for stem, vals in
+                    (("baseline", (0.2, 0.3)), ("captions_short", (0.1, 0.12)), ("captions_mix", (0.15, 0.25)))
+                    for s, v in zip((500, 1000), vals)])
+    write("short", [(stem, ck(stem, 1000), v) for stem, v in
+                    (("baseline", 0.9), ("captions_short", 0.8), ("captions_mix", 0.7))])
+    c = tool.collect(ab, st)
+    assert c["curves"]["dense"][0] == {500: 0.2, 1000: 0.3}
+    assert c["table"]["dense"]["dense"] == {0: 0.3} and c["table"]["short"]["dense"] == {0: 0.9}
+    assert c["table"]["dense_curve"]["short"] == {0: pytest.approx(0.11)}
