@@ -130,8 +130,9 @@ def shown(args: list[str]) -> str:
     words: list[str] = []
     run_of: str | None = None
     for a in args:
-        if a.startswith(str(REPO) + os.sep):
-            a = os.path.relpath(a, REPO)
+        key, eq, value = a.partition("=") if not a.startswith("-") and "=" in a else ("", "", a)
+        if value.startswith(str(REPO) + os.sep):
+            a = key + eq + os.path.relpath(value, REPO)
         p = Path(a)
         if p.suffix == ".ckpt" and p.parent.name == "checkpoints" and p.name.startswith("step-"):
             if run_of == str(p.parent):
@@ -257,13 +258,15 @@ def world_args(cfg: Any) -> list[str]:
 
 def short_prompt_file(st: Settings) -> Path:
     path = st.out / "prompts" / f"short_{st.short_prompts}.jsonl"
-    if not path.exists() and not (st.dry_run and any(shown([str(path)]).split()[-1] in c for c in st.commands)):
-        cfg = load("baseline", st.overrides)
+    args = ["data", "prompts", f"synthetic:{st.short_prompts}", str(path), "--seed", "1",
+            "--categories", SHORT_CATEGORIES, "--world", *world_args(load("baseline", st.overrides))]
+    if shown(args) in st.commands:
+        return path
+    record(args, st)  # rows without their own size are sampled at the recipe's 64x64
+    if not path.exists():
         if not st.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
-        # --resolution: rows without their own size use the recipe's 64x64 sampling size
-        run(["data", "prompts", f"synthetic:{st.short_prompts}", str(path), "--seed", "1",
-             "--categories", SHORT_CATEGORIES, "--world", *world_args(cfg)], st)
+        execute(args, st)
     return path
 
 
