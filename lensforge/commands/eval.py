@@ -181,10 +181,13 @@ def run(args: argparse.Namespace) -> int:
             results.append(TargetResult(label=name, scored=scored, summary=summarize(suite, scored), baseline=True))
     distinct = set(per_target.values())
     steps, cfg = distinct.pop() if len(distinct) == 1 else (None, None)  # one setting for all, else per target
+    # the reward plugin's own counters (a judge's calls, latency, tokens, cache hits, dropped judgements)
+    stats = {k: float(v) for k, v in reward.stats().items()}
     settings = {"targets": {t.label: str(t.source) for t in targets}, "steps": steps, "guidance_scale": cfg,
                 "sampling": {label: {"steps": st, "guidance_scale": g} for label, (st, g) in per_target.items()},
                 "seeds": seeds, "reward": args.reward, "reward_args": args.reward_arg, "ema": not args.no_ema,
-                "num_prompts": args.num_prompts, "prompt_seed": args.prompt_seed, "limit": args.limit}
+                "num_prompts": args.num_prompts, "prompt_seed": args.prompt_seed, "limit": args.limit,
+                "reward_stats": stats}
     if reasoner_info is not None:
         from lensforge.fileio import atomic_write_text
 
@@ -198,12 +201,11 @@ def run(args: argparse.Namespace) -> int:
         artifacts["rewrites"] = rewrites_path
     print(summary_tables(suite, results), end="")
     if not args.no_mlflow:
-        for w in log_to_mlflow(out, suite, results, targets, artifacts):
+        for w in log_to_mlflow(out, suite, results, targets, artifacts, reward_stats=stats):
             print(f"MLflow: {w}")
     failed = sum(r.summary["failed"] for r in results if not r.baseline)
     if failed:
         print(f"note: {failed} image(s) could not be scored (see results.json 'failure'); they are left out of the means")
-    stats = reward.stats()
     if stats:
         print("reward stats: " + ", ".join(f"{k} {v:g}" for k, v in sorted(stats.items())))
     reward.close()

@@ -232,9 +232,10 @@ def flat_metrics(suite: Suite, summary: dict[str, Any]) -> dict[str, float]:
 
 
 def log_to_mlflow(out: Path, suite: Suite, results: Sequence[TargetResult], targets: Sequence[Any],
-                  artifacts: dict[str, Path]) -> list[str]:
+                  artifacts: dict[str, Path], reward_stats: dict[str, float] | None = None) -> list[str]:
     """Log each target's figures to its training run's MLflow store (embedded stores), or to a new run in
-    ``<out>/mlflow.db``; returns where each went."""
+    ``<out>/mlflow.db``; returns where each went. ``reward_stats`` (the reward plugin's counters for the
+    whole eval: a judge's calls, latency, tokens) go with every target as ``eval/<suite>/reward_stats/…``."""
     import time
 
     from mlflow.entities import Metric
@@ -276,8 +277,9 @@ def log_to_mlflow(out: Path, suite: Suite, results: Sequence[TargetResult], targ
         step = int(getattr(t, "step", None) or 0) if t is not None else 0
         ts = int(time.time() * 1000)
         shared = fallback is not None and client is fallback[0]  # one eval run for several targets: suffix the label
-        metrics = [Metric(f"{k}/{_safe(r.label)}" if shared else k, v, ts, step)
-                   for k, v in flat_metrics(suite, r.summary).items()]
+        flat = flat_metrics(suite, r.summary)
+        flat.update({f"eval/{suite.name}/reward_stats/{k.replace(' ', '_')}": float(v) for k, v in (reward_stats or {}).items()})
+        metrics = [Metric(f"{k}/{_safe(r.label)}" if shared else k, v, ts, step) for k, v in flat.items()]
         for i in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[i:i + 900])
     if fallback is not None:

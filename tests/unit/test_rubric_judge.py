@@ -511,6 +511,14 @@ def test_lensforge_eval_with_the_judge_end_to_end(tiny_run, tmp_path, capsys, mo
     assert all(r["reward"] is not None and 0.0 <= r["reward"] <= 1.0 for r in recs)
     assert all(GID in r["items"] for r in recs)
     assert "reward stats:" in printed.out and "requests 8" in printed.out and "dropped_images 0" in printed.out
+    # the judge's counters are kept: in results.json and in MLflow next to the target's scores
+    assert res["settings"]["reward_stats"]["requests"] == 8
+    from mlflow.tracking import MlflowClient
+
+    line = next(ln for ln in printed.out.splitlines() if ln.startswith("MLflow: "))
+    db, run_id = re.match(r"MLflow: .*?: (\S+) run (\S+)$", line).groups()
+    metrics = MlflowClient(f"sqlite:///{db}").get_run(run_id).data.metrics
+    assert any("/reward_stats/requests" in k and v == 8 for k, v in metrics.items()), sorted(metrics)
     # the key is in no output, log, MLflow store or cache file
     for folder in (out, run, cache):
         for p in folder.rglob("*"):
