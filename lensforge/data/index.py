@@ -52,6 +52,7 @@ from lensforge.data.remote import (
     FileInfo, Reader, dirname, download, file_info, has_pattern, is_remote, join, list_files, local_path, upload,
 )
 from lensforge.errors import LensforgeError
+from lensforge.fileio import temp_path
 
 log = logging.getLogger("lensforge.data")
 
@@ -270,7 +271,7 @@ class IndexWriter:
             os.close(fd)
         else:
             self._local = local_path(out)
-        self._tmp = f"{self._local}.{os.getpid()}.tmp"
+        self._tmp = str(temp_path(self._local, unique=True))  # several builders may race on one index
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self._local)), exist_ok=True)
             self._f: IO[bytes] = open(self._tmp, "wb")

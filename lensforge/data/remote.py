@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
 from lensforge.errors import LensforgeError
+from lensforge.fileio import temp_path
 
 log = logging.getLogger("lensforge.data")
 
@@ -287,7 +288,7 @@ def file_info(path: str, storage_options: dict[str, Any] | None = None) -> FileI
 def download(url: str, dest: str, storage_options: dict[str, Any] | None = None) -> None:
     """Copy ``url`` to the local file ``dest`` atomically."""
     fs, fpath = fs_and_path(url, storage_options)
-    tmp = f"{dest}.{os.getpid()}.tmp"
+    tmp = str(temp_path(dest, unique=True))  # workers may fetch the same file into one cache at once
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
     try:
         fs.get_file(fpath, tmp)
