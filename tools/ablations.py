@@ -15,7 +15,9 @@ ablation and seed ``lensforge eval`` with every arm as a target, so all arms see
 and sampler seeds:
 
 * ``dense``: the validation suite (held-out dense captions of the multi-object world) on **every kept
-  checkpoint** of every arm: the final step fills the table, the earlier ones the learning curves;
+  checkpoint** of every arm: the final step fills the table, the earlier ones the learning curves
+  (``all`` scores every arm of every ablation in one eval, ``eval/dense_s<seed>``; one ablation run alone
+  writes ``eval/<name>/dense_s<seed>``; the doc reads the newer of the two);
 * ``short``: short GenEval-style prompts stating 1-2 facts each (``lensforge data prompts``), each
   scored on the facts it states; ``short_reasoner``: the same through ``--reasoner synthetic_world``;
 * ``ar_sweep`` (resolutions): held-out prompts at Lens's nine aspect ratios x 0.5-2x the 64-px base,
@@ -28,6 +30,8 @@ command after an interruption continues where it stopped. The doc (``docs/ablati
 ``docs/img/ablations/``) holds per ablation: the table (mean over training seeds, the seed spread
 max-min, each seed's value), the learning curves (PNG), a grid of samples, and a plain verdict on
 Lens's claim: the difference between the claimed-better arm and the others against the seed spread.
+The doc always has all three sections: running one ablation rewrites its section and keeps the
+others as earlier runs left them.
 Under each verdict a ``<!-- reading:NAME -->`` block holds what a person wrote about the result; the
 tool carries it over when it rewrites the doc.
 """
@@ -270,9 +274,18 @@ def short_prompt_file(st: Settings) -> Path:
     return path
 
 
-def suite_dir(ab: Ablation, suite: str, seed: int, st: Settings) -> Path:
-    """Where an eval writes; the dense suite is one eval of every arm of the ablations asked for."""
-    return st.out / "eval" / (f"dense_s{seed}" if suite == "dense" else f"{ab.name}/{suite}_s{seed}")
+def suite_dir(ab: Ablation, suite: str, seed: int, st: Settings, every: bool = False) -> Path:
+    """Where an eval writes. ``every``: the dense eval of ``all``, one eval of every arm of every ablation
+    (``eval/dense_s<seed>``); one ablation's own evals (dense included) go under ``eval/<name>/``, so running
+    one ablation never overwrites what ``all`` measured."""
+    return st.out / "eval" / (f"dense_s{seed}" if every and suite == "dense" else f"{ab.name}/{suite}_s{seed}")
+
+
+def results_file(ab: Ablation, suite: str, seed: int, st: Settings) -> Path | None:
+    """The newest results.json holding ``ab``'s ``suite`` for ``seed`` (for dense: its own eval or that of ``all``)."""
+    found = [d / "results.json" for d in {suite_dir(ab, suite, seed, st), suite_dir(ab, suite, seed, st, every=True)}
+             if (d / "results.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def eval_targets(ab: Ablation | list[Ablation], seed: int, suite: str, st: Settings) -> list[str]:
@@ -290,7 +303,7 @@ def eval_targets(ab: Ablation | list[Ablation], seed: int, suite: str, st: Setti
 def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Callable[[], None] | None:
     """Plan one eval: record it, and return the thunk that runs it (None: its results are up to date)."""
     ab = abls[0]
-    out = suite_dir(ab, suite, seed, st)
+    out = suite_dir(ab, suite, seed, st, every=len(abls) == len(ABLATIONS))
     targets = eval_targets(abls, seed, suite, st)
     args = ["eval", *targets, "--out", str(out), "--no-mlflow", "--no-progress", "--seeds", "0"]
     if st.eval_steps:
@@ -317,9 +330,9 @@ def evaluate(abls: list[Ablation], seed: int, suite: str, st: Settings) -> Calla
             return any(h == r or h.startswith(r + os.sep) for h in have) and newest < res.stat().st_mtime
 
         if targets and all(done(t) for t in targets):
-            print(f"= eval {ab.name if suite != 'dense' else 'dense'}/{suite} seed {seed}: done at {out}, skipped", flush=True)
+            print(f"= eval {out.relative_to(st.out / 'eval')} seed {seed}: done at {out}, skipped", flush=True)
             return None
-    return lambda: execute(args, st, log=st.out / "logs" / f"eval_{'dense' if suite == 'dense' else ab.name + '_' + suite}_s{seed}.log")
+    return lambda: execute(args, st, log=st.out / "logs" / f"eval_{'_'.join(out.relative_to(st.out / 'eval').parts)}.log")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,8 +362,8 @@ def collect(ab: Ablation, st: Settings) -> dict[str, Any]:
     baseline: dict[str, float] = {}
     for seed in st.seeds:
         for suite in ab.suites:
-            res = suite_dir(ab, suite, seed, st) / "results.json"
-            if not res.is_file():
+            res = results_file(ab, suite, seed, st)
+            if res is None:
                 continue
             data = json.loads(res.read_text())
             paths = data["settings"]["targets"]
@@ -595,7 +608,7 @@ def write_doc(names: list[str], st: Settings) -> Path:
         *readings.get("overview", []), "<!-- /reading -->",
         "",
     ]
-    for name in names:
+    for name in ABLATIONS:  # every section: one ablation's run updates its own and keeps the others
         ab = ABLATIONS[name]
         c = collect(ab, st)
         lines += [f"## {ab.title}", "", f"Lens's claim: {ab.claim}.", ""]
@@ -647,7 +660,11 @@ def write_doc(names: list[str], st: Settings) -> Path:
             if make_grid(ab, c["images"].get(suite, []), g):
                 lines += [f"Samples, {SUITE_TITLES[suite]} (seed {st.seeds[0]}; one row per arm, same prompt and "
                           f"sampler seed per column): ![grid {name} {suite}]({rel}/{g.name})", ""]
-    lines += ["## Commands", "", "```bash"] + list(dict.fromkeys(st.commands)) + ["```", ""]
+    lines += ["## Commands", ""]
+    if len(names) < len(ABLATIONS):
+        lines += [f"Of the last run (`{' '.join(names)}`); the other sections come from earlier runs. "
+                  "`python tools/ablations.py all --dry-run` lists every command.", ""]
+    lines += ["```bash"] + list(dict.fromkeys(st.commands)) + ["```", ""]
     st.doc.parent.mkdir(parents=True, exist_ok=True)
     st.doc.write_text("\n".join(lines))
     return st.doc
@@ -706,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                   if suite != "dense"]
     in_parallel([t for t in evals if t is not None], jobs)
     if not st.dry_run and not args.no_doc:
-        doc = write_doc(names, st)
+        doc = write_doc(names, st)  # every ablation's section; those not run here from what earlier runs left
         print(f"wrote {doc} ({time.time() - t0:.0f} s)")
     return 0
 

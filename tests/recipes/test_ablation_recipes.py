@@ -189,3 +189,26 @@ def test_collect_keeps_other_suites_off_the_dense_learning_curve(tmp_path):
     assert c["curves"]["dense"][0] == {500: 0.2, 1000: 0.3}
     assert c["table"]["dense"]["dense"] == {0: 0.3} and c["table"]["short"]["dense"] == {0: 0.9}
     assert c["table"]["dense_curve"]["short"] == {0: pytest.approx(0.11)}
+
+
+def test_one_ablation_evaluates_into_its_own_folder_and_the_newest_dense_results_win(tmp_path, capsys):
+    """Running one ablation must not overwrite the dense eval of ``all`` (which holds every arm)."""
+    import os
+
+    tool = _tool()
+    assert tool.main(["captions", "--dry-run", "--seeds", "0", "--work", str(tmp_path)]) == 0
+    assert f"--out {tmp_path}/eval/captions/dense_s0 " in capsys.readouterr().out
+    assert tool.main(["all", "--dry-run", "--seeds", "0", "--work", str(tmp_path)]) == 0
+    assert f"--out {tmp_path}/eval/dense_s0 " in capsys.readouterr().out
+    st = tool.Settings([0], tmp_path, tmp_path, tmp_path / "a.md", tmp_path / "img", [], 4, 7, 1, 4, False, True)
+    ab = tool.ABLATIONS["captions"]
+    assert tool.results_file(ab, "dense", 0, st) is None
+    every, own = tmp_path / "eval" / "dense_s0" / "results.json", tmp_path / "eval" / "captions" / "dense_s0" / "results.json"
+    for i, p in enumerate((every, own)):
+        p.parent.mkdir(parents=True)
+        p.write_text("{}")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert tool.results_file(ab, "dense", 0, st) == own
+    os.utime(every, (2000, 2000))
+    assert tool.results_file(ab, "dense", 0, st) == every
+    assert tool.results_file(tool.ABLATIONS["encoder"], "dense", 0, st) == every
