@@ -154,11 +154,6 @@ def record(args: list[str], st: Settings) -> None:
     st.commands.append(shown(args))
 
 
-def run(args: list[str], st: Settings, log: Path | None = None) -> None:
-    record(args, st)
-    execute(args, st, log)
-
-
 def execute(args: list[str], st: Settings, log: Path | None = None) -> None:
     print(("[dry-run] " if st.dry_run else "$ ") + shown(args), flush=True)
     if st.dry_run:
@@ -189,7 +184,7 @@ def in_parallel(tasks: list[Any], jobs: int) -> None:
         return
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(t) for t in tasks]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             pool.shutdown(wait=True, cancel_futures=True)
