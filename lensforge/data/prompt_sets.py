@@ -148,11 +148,18 @@ class PromptRow:
         return None
 
 
-def row_size(row: dict[str, Any]) -> tuple[int, int] | None:
-    """A row's own ``(height, width)`` in pixels when it states both (evaluation generates it at that size and RL
-    rolls it out at it), else None (the caller's default size)."""
+def row_size(row: dict[str, Any], base: int | None = None, multiple_of: int = 16,
+             lens_table: bool = True) -> tuple[int, int] | None:
+    """A row's own ``(height, width)`` in pixels (evaluation generates it at that size and RL rolls it out at it):
+    its ``height``/``width`` when it states both; for a row stating only ``aspect_ratio``, that ratio at the
+    caller's ``base`` resolution (Lens's table, else sides rounded to ``multiple_of``); else None (the
+    caller's default size)."""
     if row.get("height") and row.get("width"):
         return int(row["height"]), int(row["width"])
+    if row.get("aspect_ratio") and base:
+        from lensforge.data.resolution import resolve_resolution
+
+        return resolve_resolution(int(base), str(row["aspect_ratio"]), int(multiple_of), bool(lens_table))
     return None
 
 

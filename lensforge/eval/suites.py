@@ -17,12 +17,14 @@ was one, else the default world):
     generalisation claim — as a ratio × resolution table and heatmap.
 
 Any other value is a prompt-set JSONL file (:mod:`lensforge.data.prompt_sets`), scored with the
-chosen reward plugin; rows without a size use the default size.
+chosen reward plugin; rows without a size use the default size, rows with only an ``aspect_ratio`` that
+ratio at the default size's area.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,12 +108,14 @@ def _scene_rows(recipe: Any, n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def expand(rows: list[dict[str, Any]], seeds: list[int], size: tuple[int, int]) -> list[EvalItem]:
-    """One item per row and seed; image seed = seed + row index (validation sampling's convention)."""
+def expand(rows: list[dict[str, Any]], seeds: list[int], size: tuple[int, int], multiple: int = 16) -> list[EvalItem]:
+    """One item per row and seed; image seed = seed + row index (validation sampling's convention). A row's
+    own size wins; one stating only ``aspect_ratio`` is drawn at that ratio with ``size``'s area."""
+    base = int(round(math.sqrt(size[0] * size[1])))
     items = []
     for s in seeds:
         for i, r in enumerate(rows):
-            items.append(EvalItem(row=r, size=row_size(r) or size, seed=int(s) + i))
+            items.append(EvalItem(row=r, size=row_size(r, base, multiple) or size, seed=int(s) + i))
     return items
 
 
@@ -127,7 +131,7 @@ def build_suite(name: str, recipe: Any, *, num_prompts: int | None = None, seeds
         rows = _scene_rows(recipe, n, prompt_seed)
         if not rows:
             raise LensforgeError("the training world gives no held-out prompts")
-        return Suite(name, expand(rows, seeds, size or _recipe_size(recipe, (256, 256))), "validation",
+        return Suite(name, expand(rows, seeds, size or _recipe_size(recipe, (256, 256)), multiple), "validation",
                      notes=[f"{n} held-out prompts of the training world (seed {prompt_seed})"])
     if name == "geneval_synth":
         from lensforge.data.synthetic_prompts import geneval_rows
@@ -135,7 +139,7 @@ def build_suite(name: str, recipe: Any, *, num_prompts: int | None = None, seeds
         world, what = _world_of(recipe)
         n = num_prompts or DEFAULT_PROMPTS[name]
         rows = geneval_rows(n, seed=prompt_seed, world=world)
-        return Suite(name, expand(rows, seeds, size or _recipe_size(recipe, (256, 256))), "geneval",
+        return Suite(name, expand(rows, seeds, size or _recipe_size(recipe, (256, 256)), multiple), "geneval",
                      notes=[f"{n} GenEval-style prompts from {what} (seed {prompt_seed})"])
     if name == "ar_sweep":
         from lensforge.data.resolution import resolve_resolution
@@ -167,7 +171,7 @@ def build_suite(name: str, recipe: Any, *, num_prompts: int | None = None, seeds
         rows = [r.to_dict() for r in ps]
         if num_prompts:
             rows = rows[:num_prompts]
-        return Suite(path.stem, expand(rows, seeds, size or _recipe_size(recipe, (256, 256))), "prompt_set",
+        return Suite(path.stem, expand(rows, seeds, size or _recipe_size(recipe, (256, 256)), multiple), "prompt_set",
                      notes=[f"{len(rows)} prompts of {path} ({len(ps.categories)} categories)"])
     raise LensforgeError(f"unknown suite '{name}': choose {', '.join(SUITES)} or give a prompt-set .jsonl file")
 

@@ -236,13 +236,18 @@ class RLStage(RLSchema, StageSystem):
 
     def sizes_for_step(self, step: int, rows: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
         """Each rollout image's ``(H, W)``: the row's own ``height``/``width`` when it states one (an aspect-ratio
-        prompt is rolled out at the size it asks for, as evaluation generates it), else the recipe's resolution
+        prompt is rolled out at the size it asks for, as evaluation generates it); a row stating only
+        ``aspect_ratio`` gets that ratio at the policy's drawn base resolution; else the recipe's resolution
         policy, drawn from ``(seed, step, image)``."""
         from lensforge.data.resolution import ResolutionPolicy
 
-        policy = ResolutionPolicy(self.sections.data.resolution, int(self.vae.downsample_factor))
-        return [row_size(row) or policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i])).size
-                for i, row in enumerate(rows)]
+        rc = self.sections.data.resolution
+        policy = ResolutionPolicy(rc, int(self.vae.downsample_factor))
+        out = []
+        for i, row in enumerate(rows):
+            drawn = policy.choose(np.random.default_rng([self.seed, 7_700_003, step, i]))
+            out.append(row_size(row, drawn.base, int(rc.multiple_of), bool(rc.lens_table)) or drawn.size)
+        return out
 
     def _decode(self, latents: Sequence[Tensor]) -> list[Tensor]:
         params = list(self.vae.parameters())

@@ -200,7 +200,17 @@ def test_rollout_sizes_follow_a_rows_own_size_else_the_resolution_policy():
     rows = [{"height": 32, "width": 64}, {}, {"aspect_ratio": "2:1"}, {}]
     sizes = RLStage.sizes_for_step(me, 5, rows)
     assert sizes[0] == (32, 64)  # "a wide 2:1 photo of …" is rolled out at the size it asks for
-    assert sizes[1:] == [s for i, s in enumerate(RLStage.sizes_for_step(me, 5, [{}] * 4)) if i]  # the policy's draws
+    drawn = RLStage.sizes_for_step(me, 5, [{}] * 4)  # the policy's draws
+    assert [sizes[1], sizes[3]] == [drawn[1], drawn[3]]
+    # a row with only an aspect ratio: that ratio (W:H = 2:1) at the base the policy drew for it
+    from lensforge.data.resolution import resolve_resolution
+
+    h, w = drawn[2]
+    base = next(b for b in cfg.data.resolution.base_resolutions for a in cfg.data.resolution.aspect_ratios
+                if resolve_resolution(int(b), a, int(cfg.data.resolution.multiple_of), bool(cfg.data.resolution.lens_table)) == (h, w))
+    assert sizes[2] == resolve_resolution(int(base), "2:1", int(cfg.data.resolution.multiple_of),
+                                          bool(cfg.data.resolution.lens_table))
+    assert sizes[2][1] > sizes[2][0]
 
 
 def _rl_cmd(init: Path, out: Path) -> list[str]:

@@ -147,3 +147,16 @@ def test_duplicate_ids_in_memory_are_refused():
     r = PromptRow(id="a", prompt="p", category="c", rubric=[RubricItem(id="r", question="q?")])
     with pytest.raises(LensforgeError, match="duplicate ids 'a'"):
         PromptSet([r, r])
+
+
+def test_row_size_own_size_else_aspect_ratio_at_the_callers_base():
+    from lensforge.data.prompt_sets import row_size
+    from lensforge.eval.suites import expand
+
+    assert row_size({"height": 32, "width": 64}, base=256) == (32, 64)
+    assert row_size({"aspect_ratio": "2:1"}) is None  # no base: the caller's default size
+    h, w = row_size({"aspect_ratio": "2:1"}, base=64, lens_table=False)
+    assert (h, w) == (48, 96) and h % 16 == 0 and w % 16 == 0
+    assert row_size({}, base=64) is None
+    items = expand([{"prompt": "a"}, {"prompt": "b", "aspect_ratio": "1:2"}], [0], (64, 64))
+    assert [it.size for it in items] == [(64, 64), (96, 48)]
