@@ -404,11 +404,9 @@ def collect(ab: Ablation, st: Settings) -> dict[str, Any]:
 
 
 def trained_sizes(stem: str, st: Settings) -> set[tuple[int, int]]:
-    from lensforge.data.resolution import resolve_resolution
+    from lensforge.data.resolution import ResolutionPolicy
 
-    r = load(stem, st.overrides).data.resolution
-    return {resolve_resolution(int(b), a, int(r.multiple_of), bool(r.lens_table))
-            for a in r.aspect_ratios for b in r.base_resolutions}
+    return ResolutionPolicy(load(stem, st.overrides).data.resolution).sizes
 
 
 def sweep_split(ab: Ablation, seed: int, data: dict[str, Any], table: dict, st: Settings) -> None:

@@ -130,6 +130,11 @@ class ResolutionPolicy:
             aspect = self.config.aspect_ratios[int(rng.choice(len(self.ratios), p=self.weights))]
         return self.buckets[(base, aspect)]
 
+    @property
+    def sizes(self) -> set[tuple[int, int]]:
+        """Every ``(H, W)`` a sample can be drawn at (the trained sizes, for evaluation's seen/unseen split)."""
+        return {b.size for b in self.buckets.values()}
+
     def max_tokens(self, downsample: int) -> int:
         return max(b.tokens(downsample) for b in self.buckets.values())
 

@@ -142,7 +142,7 @@ def build_suite(name: str, recipe: Any, *, num_prompts: int | None = None, seeds
         return Suite(name, expand(rows, seeds, size or _recipe_size(recipe, (256, 256)), multiple), "geneval",
                      notes=[f"{n} GenEval-style prompts from {what} (seed {prompt_seed})"])
     if name == "ar_sweep":
-        from lensforge.data.resolution import resolve_resolution
+        from lensforge.data.resolution import ResolutionPolicy, resolve_resolution
 
         n = num_prompts or DEFAULT_PROMPTS[name]
         rows = _scene_rows(recipe, n, prompt_seed)
@@ -152,9 +152,8 @@ def build_suite(name: str, recipe: Any, *, num_prompts: int | None = None, seeds
         table = bool(res.lens_table) if res is not None else True
         bases = tuple(sorted({max(multiple, int(round(base * s / multiple)) * multiple) for s in AR_SWEEP_SCALES}))
         grid = {(r, b): resolve_resolution(b, r, multiple, table) for r in AR_SWEEP_RATIOS for b in bases}
-        trained = set()
-        if res is not None:  # the sizes training batches held (the resolution policy's buckets)
-            trained = {resolve_resolution(int(b), r, multiple, table) for r in res.aspect_ratios for b in res.base_resolutions}
+        # the sizes training batches held (the resolution policy's buckets)
+        trained = ResolutionPolicy(res).sizes if res is not None else set()
         sizes = sorted(set(grid.values()), key=lambda hw: (hw[1] / hw[0], hw[0] * hw[1]))
         items = [EvalItem(row=r, size=hw, seed=int(s) + i, cell=hw) for s in seeds for hw in sizes for i, r in enumerate(rows)]
         notes = [f"{n} held-out prompts × {len(sizes)} distinct sizes: {len(AR_SWEEP_RATIOS)} aspect ratios × bases "

@@ -91,3 +91,12 @@ def test_text_token_estimate():
     assert estimate_text_tokens("one two three four", cfg) == 6
     assert estimate_text_tokens("", cfg) == 2
     assert estimate_text_tokens("a b", PackingConfig(text_tokens_per_word=0, text_tokens_estimate=40)) == 40
+
+
+def test_resolution_policy_sizes_are_its_buckets_sizes():
+    from lensforge.data.resolution import resolve_resolution
+
+    cfg = ResolutionPolicyConfig(base_resolutions=[48, 64], aspect_ratios=["1:2", "1:1", "2:1"], multiple_of=16,
+                                 lens_table=False)
+    assert ResolutionPolicy(cfg).sizes == {resolve_resolution(b, a, 16, False) for b in (48, 64)
+                                           for a in ("1:2", "1:1", "2:1")}
