@@ -172,7 +172,7 @@ def execute(args: list[str], st: Settings, log: Path | None = None) -> None:
         raise SystemExit(f"failed ({rc}): {shown(args)}" + (f"; log: {log}" if log else ""))
 
 
-def in_parallel(tasks: list[Any], jobs: int) -> None:
+def in_parallel(tasks: list[Callable[[], None]], jobs: int) -> None:
     """Run the thunks ``tasks`` (each starts one subprocess), ``jobs`` at a time, in order of the list.
 
     The first failure stops the queue: commands not yet started are dropped, running ones finish (each
